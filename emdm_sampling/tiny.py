@@ -133,7 +133,12 @@ class {cls}Model(PreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, **kwargs):
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        position_ids = None
+        if attention_mask is not None:
+            # Stand-in for rotary positions: left padding must not change the output.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=position_ids).last_hidden_state
         logits = self.lm_head(hidden)
         if {shift}:
             # Dream-style: the prediction for position i comes out at position i - 1.
