@@ -1,0 +1,56 @@
+"""How many masked positions a row reveals at each step of a block: registered schedules."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from .errors import ConfigError
+
+# A schedule maps (masked count at block entry m [B], step in block j [B], steps in block S [B]) to the cumulative
+# number of positions revealed after j steps, R(j) with R(0) = 0 and R(S) = m.
+CumulativeSchedule = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+_SCHEDULES: dict[str, CumulativeSchedule] = {}
+
+
+def register_schedule(name: str) -> Callable[[CumulativeSchedule], CumulativeSchedule]:
+    """Decorator: register a cumulative reveal schedule under `name`."""
+
+    def deco(fn: CumulativeSchedule) -> CumulativeSchedule:
+        _SCHEDULES[name] = fn
+        return fn
+
+    return deco
+
+
+def available_schedules() -> list[str]:
+    """Names of the registered schedules."""
+    return sorted(_SCHEDULES)
+
+
+@register_schedule("linear")
+def linear(m: torch.Tensor, j: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """LLaDA's: m // S per step, the remainder one each to the first steps (a linear alpha schedule)."""
+    base, rem = m // s, m % s
+    return j * base + torch.minimum(j, rem)
+
+
+@register_schedule("cosine")
+def cosine(m: torch.Tensor, j: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """MaskGIT's: the masked fraction after j of S steps is cos(pi/2 * j/S): few reveals early, many late."""
+    frac_masked = torch.cos(math.pi / 2 * j.double() / s.double())
+    return torch.where(j >= s, m, m - torch.floor(m.double() * frac_masked).long())
+
+
+def reveal_counts(name: str, m: torch.Tensor, j: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Positions to reveal at step j of S for rows whose block held m masks at entry (at least 1 while m > 0)."""
+    try:
+        fn = _SCHEDULES[name]
+    except KeyError:
+        raise ConfigError(f"unknown schedule {name!r}; choose one of {', '.join(available_schedules())}") from None
+    j = torch.minimum(j, s - 1)
+    k = fn(m, j + 1, s) - fn(m, j, s)
+    # The last step of a block reveals whatever is left (remasking strategies may have added masks).
+    return torch.where(j >= s - 1, torch.full_like(m, 2**31 - 1), k).clamp(min=1)

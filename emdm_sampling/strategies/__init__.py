@@ -1,0 +1,142 @@
+"""Unmasking strategies: each is a small registered scorer or update rule over the shared denoising loop.
+
+A strategy sees one `StepContext` per forward pass (the model's probabilities, the proposed tokens, which
+positions are masked and eligible, how many to reveal) and returns a `StepResult`: which positions to reveal and,
+for remasking strategies, which revealed positions to mask again. Most strategies only define `score`: the loop
+reveals the highest-scoring eligible positions. Third-party strategies register with `@register_sampler("name")`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+
+from ..errors import ConfigError
+from ..rng import CounterRNG
+
+
+@dataclass
+class StepContext:
+    """Everything a strategy may look at in one step (all tensors batched: B rows, W window positions)."""
+
+    step: int  # global step index (the same for a row in any batch)
+    x: torch.Tensor  # [B, W] current tokens
+    probs: torch.Tensor  # [B, W, V] softmax of the logits (temperature 1; the mask token excluded)
+    x0: torch.Tensor  # [B, W] proposed tokens (argmax, or sampled at `temperature`)
+    p_x0: torch.Tensor  # [B, W] probability of the proposed token
+    masked: torch.Tensor  # [B, W] bool: masked positions still to be decoded
+    eligible: torch.Tensor  # [B, W] bool: masked positions in each row's current block
+    block: torch.Tensor  # [B, W] bool: all positions of each row's current block
+    fillable: torch.Tensor  # [B, W] bool: generated positions (may be re-masked by remasking strategies)
+    confidence: torch.Tensor  # [B, W] p of each token when it was last revealed (0 if never)
+    k: torch.Tensor  # [B] positions to reveal this step (from the schedule)
+    block_step: torch.Tensor  # [B] step index within the row's current block
+    block_steps: torch.Tensor  # [B] steps the row's current block is given
+    threshold: float | None
+    rng: CounterRNG
+    mask_token_id: int
+    surprise: torch.Tensor | None  # [V] surprise table of the checkpoint, if it has one
+    rows: torch.Tensor | None = None  # [B] indices of these rows in the whole batch (finished rows drop out)
+    batch_size: int = 0  # rows in the whole batch
+    state: dict[str, torch.Tensor] = field(default_factory=dict)  # the strategy's memory, whole-batch tensors
+
+    def load(self, name: str, like: torch.Tensor, fill: float | bool | int = 0) -> torch.Tensor:
+        """This step's rows of a per-row state tensor shaped like `like` (created with `fill` on first use)."""
+        if name not in self.state:
+            self.state[name] = torch.full((self.batch_size, *like.shape[1:]), fill, dtype=like.dtype,
+                                          device=like.device)
+        return self.state[name][self.rows]
+
+    def store(self, name: str, value: torch.Tensor) -> None:
+        """Write this step's rows of a per-row state tensor."""
+        self.state[name][self.rows] = value
+
+    def select(self, scores: torch.Tensor) -> torch.Tensor:
+        """Reveal the top-`k` eligible positions by `scores` (or, with a threshold, all confident ones)."""
+        scores = scores.masked_fill(~self.eligible, float("-inf"))
+        order = scores.argsort(dim=-1, descending=True, stable=True)
+        rank = order.argsort(dim=-1)
+        if self.threshold is None:
+            return (rank < self.k.unsqueeze(-1)) & self.eligible
+        first = (rank == 0) & self.eligible
+        return ((self.p_x0 >= self.threshold) & self.eligible) | first
+
+    def uniform(self, stream: int) -> torch.Tensor:
+        """Per-row counter-based uniforms for this step, [B, W]."""
+        return self.rng.uniform(self.step, stream).to(self.probs.device)
+
+    def gumbel(self, stream: int) -> torch.Tensor:
+        """Per-row counter-based Gumbel noise for this step, [B, W]."""
+        return self.rng.gumbel(self.step, stream).to(self.probs.device)
+
+
+@dataclass
+class StepResult:
+    """What a step changes: `reveal` positions take `tokens` (default: the proposals); `remask` become masks."""
+
+    reveal: torch.Tensor
+    remask: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+
+
+class Strategy:
+    """Base class: subclasses set `options` (name -> default) and implement `score` or override `step`."""
+
+    name: ClassVar[str] = ""
+    options: ClassVar[dict[str, Any]] = {}
+    remasks: ClassVar[bool] = False  # whether revealed tokens can change again
+
+    def __init__(self, options: dict[str, Any] | None = None):
+        self.opt = {**self.options, **(options or {})}
+        self.check_options(self.opt)
+
+    @classmethod
+    def check_options(cls, opt: dict[str, Any]) -> None:
+        """Raise `ConfigError` for option values out of range."""
+
+    def extra_steps(self) -> int:
+        """Forward passes this strategy may take beyond the reveal schedule (e.g. Gibbs sweeps)."""
+        return 0
+
+    def score(self, ctx: StepContext) -> torch.Tensor:
+        """[B, W] priority of each position: the highest eligible ones are revealed first."""
+        raise NotImplementedError(f"{type(self).__name__} must implement score() or step()")
+
+    def step(self, ctx: StepContext) -> StepResult:
+        """Default update rule: reveal the top-k eligible positions by `score`."""
+        return StepResult(reveal=ctx.select(self.score(ctx)))
+
+
+_SAMPLERS: dict[str, type[Strategy]] = {}
+
+
+def register_sampler(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
+    """Class decorator: register a `Strategy` subclass under `name` (usable as `sampler=name` everywhere)."""
+
+    def deco(cls: type[Strategy]) -> type[Strategy]:
+        if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+            raise TypeError("register_sampler decorates subclasses of emdm_sampling.Strategy")
+        cls.name = name
+        _SAMPLERS[name] = cls
+        return cls
+
+    return deco
+
+
+def available_samplers() -> list[str]:
+    """Names of the registered strategies, built-in and third-party."""
+    return sorted(_SAMPLERS)
+
+
+def get_sampler(name: str) -> type[Strategy]:
+    """The strategy class registered as `name`; unknown names list the registered ones."""
+    try:
+        return _SAMPLERS[name]
+    except KeyError:
+        raise ConfigError(f"unknown sampler {name!r}; registered samplers: {', '.join(available_samplers())}") \
+            from None
+
+
+from . import ordering, remasking  # noqa: E402,F401  (register the built-in strategies)

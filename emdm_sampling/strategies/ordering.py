@@ -1,0 +1,94 @@
+"""Order-only strategies: they decide which masked positions to reveal first; revealed tokens stay fixed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from . import StepContext, Strategy, register_sampler
+
+_STREAM_ORDER = 1  # rng stream for random orders (stream 0 samples proposals)
+_STREAM_SURPRISE = 2
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Predictive entropy in nats over the last dimension."""
+    return -(probs * torch.log(probs.clamp_min(1e-30))).sum(-1)
+
+
+@register_sampler("vanilla")
+class Vanilla(Strategy):
+    """Random order: the MDM reverse process (Austin et al. 2021; Sahoo et al. 2024, MDLM; Kim et al. 2025
+    "vanilla"). Each step reveals a uniformly random subset of the eligible masked positions."""
+
+    def score(self, ctx: StepContext) -> torch.Tensor:
+        return ctx.uniform(_STREAM_ORDER).to(ctx.probs.dtype)
+
+
+@register_sampler("top_prob")
+class TopProb(Strategy):
+    """Highest max-probability first (Chang et al. 2022, MaskGIT; Kim et al. 2025, "top probability"):
+    score = max_j p(x_i = j)."""
+
+    def score(self, ctx: StepContext) -> torch.Tensor:
+        return ctx.probs.max(dim=-1).values
+
+
+@register_sampler("margin")
+class Margin(Strategy):
+    """Largest top-2 probability gap first (Kim et al. 2025, "Train for the Worst, Plan for the Best",
+    top-probability margin): score = p(j1) - p(j2) for the two most likely tokens j1, j2."""
+
+    def score(self, ctx: StepContext) -> torch.Tensor:
+        top2 = ctx.probs.topk(2, dim=-1).values
+        return top2[..., 0] - top2[..., 1]
+
+
+@register_sampler("entropy")
+class Entropy(Strategy):
+    """Lowest predictive entropy first (Dream's `entropy` algorithm; Ben-Hamu et al. 2025): score = -H(p_i)."""
+
+    def score(self, ctx: StepContext) -> torch.Tensor:
+        return -entropy(ctx.probs)
+
+
+@register_sampler("low_confidence_remask")
+class LowConfidenceRemask(Strategy):
+    """LLaDA's `low_confidence` remasking (Nie et al. 2025, Algorithm 5): predict every masked position (with
+    Gumbel noise at `temperature`), keep the k most confident predictions, p(x0_i), and re-mask the rest."""
+
+    def score(self, ctx: StepContext) -> torch.Tensor:
+        return ctx.p_x0
+
+
+@register_sampler("surprise")
+class Surprise(Strategy):
+    """emdm's seed-000 idea at inference: reveal first the positions whose proposed token carries the most
+    information, S(x) = -log2 p_unigram(x) from the checkpoint's surprise table (saved by emdm_train).
+
+    The order is sampled without replacement with probabilities softmax(S / surprise_temperature) (Gumbel top-k);
+    `surprise_temperature` -> 0 is greedy, large values approach random order. `surprise_direction="low_first"`
+    reveals the least informative tokens first instead.
+    """
+
+    options = {"surprise_temperature": 1.0, "surprise_direction": "high_first"}
+
+    @classmethod
+    def check_options(cls, opt: dict[str, Any]) -> None:
+        if float(opt["surprise_temperature"]) <= 0:
+            raise ConfigError(f"surprise_temperature must be > 0 (got {opt['surprise_temperature']}); use a small "
+                              f"value such as 0.01 for greedy order")
+        if opt["surprise_direction"] not in ("high_first", "low_first"):
+            raise ConfigError(f"surprise_direction must be high_first or low_first (got "
+                              f"{opt['surprise_direction']!r})")
+
+    def score(self, ctx: StepContext) -> torch.Tensor:
+        if ctx.surprise is None:
+            raise ConfigError("sampler=surprise needs the checkpoint's surprise table (surprise.safetensors beside "
+                              "config.json); fine-tune with emdm_train, which saves one, or choose another sampler")
+        s = ctx.surprise.to(ctx.probs.device)[ctx.x0].double()
+        if self.opt["surprise_direction"] == "low_first":
+            s = -s
+        return s / float(self.opt["surprise_temperature"]) + ctx.gumbel(_STREAM_SURPRISE)

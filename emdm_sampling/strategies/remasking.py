@@ -1,0 +1,112 @@
+"""Strategies whose revealed tokens can change again: ReMDM remasking and EAGS Gibbs refinement."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from . import StepContext, StepResult, Strategy, register_sampler
+from .ordering import entropy
+
+_STREAM_REMASK = 3
+_STREAM_UNMASK = 4
+
+
+@register_sampler("remdm")
+class ReMDM(Strategy):
+    """ReMDM remasking (Wang et al. 2025, "Remasking Discrete Diffusion Models with Inference-Time Scaling",
+    arXiv 2503.00307). Within each block, time runs t = 1 - j/S over its S steps (alpha_t = 1 - t). At each step a
+    revealed (generated) token of the block is re-masked with probability sigma_t and a masked token is revealed
+    with probability (alpha_s - (1 - sigma_t) alpha_t) / (1 - alpha_t), so the expected masked fraction still
+    follows the schedule. sigma_max = min(1, (1 - alpha_s) / alpha_t).
+
+    remdm_schedule: `cap` sigma = min(eta, sigma_max); `rescale` sigma = eta * sigma_max; `conf` spreads
+    eta * sigma_max over the revealed tokens by softmax(-confidence), the least confident (lowest p when revealed)
+    being re-masked most. Re-masking is confined to the row's current block (semi-autoregressive semantics), and
+    the last step of a block reveals everything left. Proposals use `temperature` (ReMDM samples: use > 0).
+    """
+
+    options = {"remdm_schedule": "cap", "eta": 0.04}
+    remasks = True
+
+    @classmethod
+    def check_options(cls, opt: dict[str, Any]) -> None:
+        if opt["remdm_schedule"] not in ("cap", "rescale", "conf"):
+            raise ConfigError(f"remdm_schedule must be cap, rescale or conf (got {opt['remdm_schedule']!r})")
+        if not 0.0 <= float(opt["eta"]) <= 1.0:
+            raise ConfigError(f"eta must be in [0, 1] (got {opt['eta']})")
+
+    def step(self, ctx: StepContext) -> StepResult:
+        j = ctx.block_step.double().unsqueeze(-1)
+        s = ctx.block_steps.double().unsqueeze(-1)
+        alpha_t, alpha_s = j / s, ((j + 1) / s).clamp(max=1.0)
+        sigma_max = torch.where(alpha_t > 0, ((1 - alpha_s) / alpha_t.clamp_min(1e-12)).clamp(max=1.0),
+                                torch.zeros_like(alpha_t))
+        eta = float(self.opt["eta"])
+        revealed = ctx.block & ctx.fillable & ~ctx.masked
+        sched = self.opt["remdm_schedule"]
+        if sched == "cap":
+            sigma = torch.minimum(torch.full_like(sigma_max, eta), sigma_max).expand_as(ctx.p_x0)
+        elif sched == "rescale":
+            sigma = (eta * sigma_max).expand_as(ctx.p_x0)
+        else:
+            weights = torch.softmax((-ctx.confidence.double()).masked_fill(~revealed, float("-inf")), dim=-1)
+            weights = torch.nan_to_num(weights) * revealed.sum(-1, keepdim=True)
+            sigma = (eta * sigma_max * weights).clamp(max=1.0)
+        sigma = sigma.masked_fill(~revealed, 0.0)
+        remask = revealed & (ctx.uniform(_STREAM_REMASK) < sigma)
+        n_rev = revealed.sum(-1, keepdim=True).clamp_min(1)
+        sigma_bar = sigma.sum(-1, keepdim=True) / n_rev
+        p_unmask = ((alpha_s - alpha_t + sigma_bar * alpha_t) / (1 - alpha_t).clamp_min(1e-12)).clamp(0.0, 1.0)
+        reveal = ctx.eligible & (ctx.uniform(_STREAM_UNMASK) < p_unmask)
+        return StepResult(reveal=reveal, remask=remask)
+
+
+@register_sampler("eags")
+class EAGS(Strategy):
+    """Entropy-Adaptive Gibbs Sampling (Koh et al. 2024, Diffusion-EAGS, arXiv 2411.06438; seed 001).
+
+    Decoding reveals the highest-entropy masked positions first (the paper's priority: the most uncertain tokens
+    are settled while the context is still open). Then `gibbs_steps` Gibbs sweeps refine the result: each sweep
+    re-masks the `gibbs_fraction` of generated positions whose tokens were least certain (highest entropy when
+    last sampled) and re-samples them all in one forward pass, conditioned on every other token. Each sweep costs
+    one forward pass. The paper's exact update schedule is not public; this is emdm's reading of it.
+    """
+
+    options = {"gibbs_steps": 2, "gibbs_fraction": 0.1}
+    remasks = True
+
+    @classmethod
+    def check_options(cls, opt: dict[str, Any]) -> None:
+        if int(opt["gibbs_steps"]) < 0:
+            raise ConfigError(f"gibbs_steps must be >= 0 (got {opt['gibbs_steps']})")
+        if not 0.0 < float(opt["gibbs_fraction"]) <= 1.0:
+            raise ConfigError(f"gibbs_fraction must be in (0, 1] (got {opt['gibbs_fraction']})")
+
+    def extra_steps(self) -> int:
+        return int(self.opt["gibbs_steps"])
+
+    def step(self, ctx: StepContext) -> StepResult:
+        long_rows = ctx.k
+        sweeps = ctx.load("sweeps", long_rows, 0)
+        sweeping = ctx.load("sweeping", long_rows.bool(), False)
+        ent_at_reveal = ctx.load("entropy", ctx.p_x0, 0.0)
+        ent = entropy(ctx.probs)
+        # A sweeping row re-samples all its re-masked positions at once; the others decode highest entropy first.
+        reveal = torch.where(sweeping.unsqueeze(-1), ctx.masked, ctx.select(ent))
+        ent_at_reveal = torch.where(reveal, ent.to(ent_at_reveal.dtype), ent_at_reveal)
+
+        done = ~(ctx.masked & ~reveal).any(-1)
+        start = done & (sweeps < int(self.opt["gibbs_steps"]))
+        candidates = ctx.fillable & (reveal | ~ctx.masked)
+        n = candidates.sum(-1)
+        r = (n.double() * float(self.opt["gibbs_fraction"])).round().long().clamp(min=1)
+        scores = ent_at_reveal.masked_fill(~candidates, float("-inf"))
+        rank = scores.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)
+        remask = candidates & (rank < r.unsqueeze(-1)) & start.unsqueeze(-1)
+        ctx.store("sweeps", sweeps + start.long())
+        ctx.store("sweeping", start)
+        ctx.store("entropy", ent_at_reveal)
+        return StepResult(reveal=reveal, remask=remask)
