@@ -71,8 +71,9 @@ def build_tiny_checkpoint(
     remote = family in ("llada", "dream")
     tokenizer = train_tokenizer(corpus, with_mask=not remote or family == "dream")
     vocab = len(tokenizer)
+    # A wide initialisation keeps the random model's predictions distinct across positions (no near-ties).
     common = dict(hidden_size=hidden_size, num_attention_heads=2, intermediate_size=hidden_size * 2,
-                  max_position_embeddings=max_length)
+                  max_position_embeddings=max_length, initializer_range=0.3)
     if family == "bert":
         from transformers import BertConfig, BertForMaskedLM
 
@@ -127,7 +128,8 @@ class {cls}Model(PreTrainedModel):
                               num_hidden_layers=config.num_hidden_layers,
                               num_attention_heads=config.num_attention_heads,
                               intermediate_size=config.intermediate_size,
-                              max_position_embeddings=config.max_position_embeddings)
+                              max_position_embeddings=config.max_position_embeddings,
+                              initializer_range=getattr(config, "initializer_range", 0.02))
         self.encoder = BertModel(bert_cfg, add_pooling_layer=False)
         self.lm_head = torch.nn.Linear(config.hidden_size, config.vocab_size)
         self.post_init()

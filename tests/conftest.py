@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny offline checkpoints and a fake denoiser with known logits."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from emdm_sampling.adapters import Denoiser  # noqa: E402
+from emdm_sampling.tiny import build_tiny_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
+    """One tiny checkpoint per family (bert, modernbert, llada, dream), built once per session."""
+    root = tmp_path_factory.mktemp("ckpt")
+    return {fam: str(build_tiny_checkpoint(root / fam, fam)) for fam in ("bert", "modernbert", "llada", "dream")}
+
+
+@pytest.fixture(scope="session")
+def bert_checkpoint(tiny_checkpoints) -> str:
+    return tiny_checkpoints["bert"]
+
+
+class FakeDenoiser(Denoiser):
+    """A denoiser whose logits at each position come from a fixed table indexed by the position in its row.
+
+    `table` is [positions, vocab]; the position counts from the row's first real token, so padding does not
+    matter. `fn` (optional) maps (input_ids, rel_positions) -> logits for context-dependent fakes.
+    """
+
+    def __init__(self, table: torch.Tensor | None = None, vocab: int = 8, mask_token_id: int = 7,
+                 eos_token_id: int | None = 6, max_length: int = 64, fn=None, surprise=None):
+        super().__init__(torch.nn.Linear(1, 1), tokenizer=None, mask_token_id=mask_token_id,
+                         eos_token_id=eos_token_id, pad_token_id=0, max_length=max_length, surprise=surprise)
+        self.table, self.fn, self._vocab = table, fn, vocab
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab
+
+    def logits(self, input_ids, attention_mask=None):
+        self.forward_calls += 1
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        rel = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        if self.fn is not None:
+            return self.fn(input_ids, rel).float()
+        return self.table[rel].float()
+
+
+@pytest.fixture
+def fake_denoiser():
+    return FakeDenoiser
