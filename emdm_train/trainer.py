@@ -1,0 +1,575 @@
+"""The training loop: `accelerate`, one plain loop (one CPU, one GPU, or many with `accelerate launch`).
+
+Design choices that make runs reproducible and resumable:
+- `batch_size` is global (sequences per optimizer step over all processes and accumulation steps). Step s always
+  trains on the same rows (epoch permutations seeded by `seed`), with the same masks (noise drawn for the whole
+  global batch from a generator seeded by (seed, s)), normalised by the same count (maskable tokens of the global
+  batch), whatever the number of processes. With `--no-dropout` 1 and N processes differ only by floating-point
+  summation order.
+- Everything random is a function of (seed, step): dropout is reseeded every step, so a run resumed from
+  checkpoint-N continues exactly as if it had not been stopped.
+- Checkpoints are written to `checkpoint-N.tmp` and renamed to `checkpoint-N` when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from emdm_sampling.surprise import SurpriseTable, special_token_ids
+
+from .config import TrainConfig
+from .corpus import DataBundle, TokenData, end_token_id, prepare_data
+from .errors import TrainConfigError, TrainError
+from .masking import MaskingSchedule, Noise, UniformMasking, build_masking, maskable_positions, \
+    weighted_mlm_loss_sum
+from .modeling import add_mask_token, load_config, load_model, load_tokenizer, logits_function, model_vocab_size, \
+    resolve_mask_token
+
+logger = logging.getLogger(__name__)
+
+STATE_DIR = "emdm_train_state"
+CONFIG_FILE = "emdm_train_config.yaml"
+LOG_FILE = "train_log.jsonl"
+_CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+# --- small helpers ---------------------------------------------------------------------------------------------
+
+
+def mix_seed(*values: int) -> int:
+    """A 63-bit seed from integers (splitmix64 finaliser over their sequence)."""
+    x = 0x9E3779B97F4A7C15
+    mask = (1 << 64) - 1
+    for v in values:
+        x = (x ^ (int(v) & mask)) * 0xBF58476D1CE4E5B9 & mask
+        x = (x ^ (x >> 31)) * 0x94D049BB133111EB & mask
+        x ^= x >> 29
+    return x & ((1 << 63) - 1)
+
+
+class EpochOrder:
+    """Global row order: epoch e is a permutation of the rows seeded by (seed, e); rows are consumed in order."""
+
+    def __init__(self, n: int, seed: int):
+        self.n = n
+        self.seed = seed
+        self._cache: dict[int, np.ndarray] = {}
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """The row order of one epoch."""
+        if epoch not in self._cache:
+            g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, 17))
+            self._cache = {k: v for k, v in self._cache.items() if k >= epoch - 1}
+            self._cache[epoch] = torch.randperm(self.n, generator=g).numpy()
+        return self._cache[epoch]
+
+    def take(self, start: int, count: int) -> np.ndarray:
+        """Rows number start .. start+count-1 of the endless sequence of epochs."""
+        out = []
+        while count > 0:
+            epoch, pos = divmod(start, self.n)
+            chunk = self.permutation(epoch)[pos:pos + count]
+            out.append(chunk)
+            start += len(chunk)
+            count -= len(chunk)
+        return np.concatenate(out)
+
+
+def list_checkpoints(output: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (renamed from .tmp and holding a training state), oldest first."""
+    found = []
+    if output.is_dir():
+        for p in output.iterdir():
+            m = _CKPT_RE.match(p.name)
+            if m and p.is_dir() and (p / STATE_DIR / "state.json").is_file():
+                found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def resolve_mixed_precision(cfg: TrainConfig) -> str:
+    """`auto` -> bf16 on a GPU that supports it, else no."""
+    if cfg.mixed_precision != "auto":
+        return cfg.mixed_precision
+    if not cfg.cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+def batch_geometry(cfg: TrainConfig, world: int) -> tuple[int, int]:
+    """(micro batch per device, accumulation steps) so that micro * accum * world == batch_size."""
+    if cfg.micro_batch_size is not None:
+        per = cfg.micro_batch_size * world
+        if cfg.batch_size % per:
+            raise TrainConfigError(f"--batch-size {cfg.batch_size} is not a multiple of --micro-batch-size "
+                                   f"{cfg.micro_batch_size} x {world} processes; adjust one of them")
+        accum = cfg.batch_size // per
+        if cfg.grad_accum is not None and cfg.grad_accum != accum:
+            raise TrainConfigError(f"--grad-accum {cfg.grad_accum} contradicts --batch-size {cfg.batch_size} = "
+                                   f"micro {cfg.micro_batch_size} x {world} processes x {accum}; give only two")
+        return cfg.micro_batch_size, accum
+    accum = cfg.grad_accum or 1
+    if cfg.batch_size % (accum * world):
+        raise TrainConfigError(f"--batch-size {cfg.batch_size} is not divisible by {world} processes x --grad-accum "
+                               f"{accum}; pick a batch size that is")
+    return cfg.batch_size // (accum * world), accum
+
+
+def lr_lambda(step: int, warmup: int, total: int, kind: str, min_ratio: float) -> float:
+    """Learning-rate multiplier: linear warm-up, then cosine/linear decay to `min_ratio` (or constant)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if kind == "linear":
+        return 1.0 - (1.0 - min_ratio) * progress
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases, norms and other 1-D parameters."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns: the output directory, steps done, the last eval loss and the log history."""
+
+    output: Path
+    step: int
+    eval_loss: float | None
+    history: list[dict[str, Any]]
+
+
+# --- the loop --------------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Builds everything from a `TrainConfig` and runs the loop (`run`)."""
+
+    def __init__(self, cfg: TrainConfig):
+        from accelerate import Accelerator
+        from accelerate.utils import is_tensorboard_available
+
+        self.cfg = cfg.validate()
+        self.output = Path(os.path.expanduser(cfg.output))
+        log_with = None
+        if cfg.report_to == "tensorboard" or (cfg.report_to == "auto" and is_tensorboard_available()):
+            if not is_tensorboard_available():
+                raise TrainConfigError("--report-to tensorboard needs the tensorboard package: pip install "
+                                       "tensorboard (or --report-to none)")
+            log_with = "tensorboard"
+        self.log_with = log_with
+        self.acc = Accelerator(cpu=cfg.cpu, mixed_precision=resolve_mixed_precision(cfg), log_with=log_with,
+                               project_dir=str(self.output))
+        self.world = self.acc.num_processes
+        self.rank = self.acc.process_index
+        self.main = self.acc.is_main_process
+        self.device = self.acc.device
+        self.history: list[dict[str, Any]] = []
+        self._quiet_libraries()
+
+    # -- setup ----------------------------------------------------------------------------------------------------
+    def _quiet_libraries(self) -> None:
+        import datasets
+        import transformers
+
+        if not (self.main and self.cfg.progress):
+            datasets.disable_progress_bars()
+            transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+
+    def log(self, msg: str) -> None:
+        """Print a line on the main process (above the progress bar)."""
+        if self.main:
+            from tqdm.auto import tqdm
+
+            tqdm.write(msg, file=sys.stdout)
+            sys.stdout.flush()
+
+    def _prepare_output(self) -> Path | None:
+        """Check the output directory; return the checkpoint to resume from, if any."""
+        cfg, out = self.cfg, self.output
+        if out.exists() and not out.is_dir():
+            raise TrainError(f"--output {out} is a file; give a directory")
+        existing = list_checkpoints(out)
+        resume_dir = None
+        if cfg.resume:
+            if cfg.resume == "latest":
+                if existing:
+                    resume_dir = existing[-1][1]
+                else:
+                    self.log(f"--resume: no complete checkpoint in {out} yet; starting from step 0")
+            else:
+                resume_dir = Path(os.path.expanduser(cfg.resume))
+                if not (resume_dir / STATE_DIR / "state.json").is_file():
+                    raise TrainError(f"{cfg.resume} is not a complete emdm_train checkpoint (no {STATE_DIR}/"
+                                     f"state.json); pass --resume alone to pick the newest one in --output")
+        elif existing and not cfg.overwrite:
+            raise TrainError(f"--output {out} already holds {existing[-1][1].name}; pass --resume to continue that "
+                             f"run or --overwrite to start over")
+        self.acc.wait_for_everyone()
+        if self.main:
+            out.mkdir(parents=True, exist_ok=True)
+            for p in out.glob("checkpoint-*.tmp"):  # half-written by a killed run
+                shutil.rmtree(p, ignore_errors=True)
+            if cfg.overwrite and not resume_dir:
+                for _, p in existing:
+                    shutil.rmtree(p, ignore_errors=True)
+                (out / LOG_FILE).unlink(missing_ok=True)
+        self.acc.wait_for_everyone()
+        return resume_dir
+
+    def _build_model(self, resume_dir: Path | None) -> None:
+        cfg = self.cfg
+        source = str(resume_dir) if resume_dir else cfg.model
+        config, pretrained = load_config(source, cfg.trust_remote_code)
+        tok_source = str(resume_dir) if resume_dir else (cfg.tokenizer or cfg.model)
+        if not resume_dir and not cfg.tokenizer and not pretrained and os.path.isfile(os.path.expanduser(cfg.model)):
+            raise TrainError(f"--model {cfg.model} is a config file; pass --tokenizer DIR as well")
+        self.tokenizer = load_tokenizer(tok_source, cfg.trust_remote_code)
+        torch.manual_seed(mix_seed(cfg.seed, 0, 3))  # same random init on every process
+        self.model = load_model(source, config, pretrained, cfg.trust_remote_code, vocab_size=len(self.tokenizer))
+        if cfg.add_mask_token:
+            add_mask_token(self.tokenizer, self.model)
+        self.mask_token_id = resolve_mask_token(self.tokenizer, self.model.config, cfg.mask_token_id, source)
+        self.forward_logits = logits_function(self.model, self.model.config)
+        self.vocab_size = model_vocab_size(self.model, self.tokenizer)
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = int(pad if pad is not None else (end_token_id(self.tokenizer) or self.mask_token_id))
+
+    def _build_surprise(self, data: DataBundle, resume_dir: Path | None) -> SurpriseTable:
+        cfg = self.cfg
+        specials = special_token_ids(self.tokenizer, extra=[self.mask_token_id, self.pad_token_id])
+        table = None
+        origin = ""
+        if resume_dir is not None:
+            table, origin = SurpriseTable.load(resume_dir), f"{resume_dir}"
+        elif cfg.surprise_table not in ("auto", "data"):
+            table, origin = SurpriseTable.load(os.path.expanduser(cfg.surprise_table)), cfg.surprise_table
+            if table is None:
+                raise TrainError(f"--surprise-table {cfg.surprise_table} holds no surprise.safetensors; pass a "
+                                 f"checkpoint directory that has one, or auto")
+        elif cfg.surprise_table == "auto" and os.path.isdir(os.path.expanduser(cfg.model)):
+            table, origin = SurpriseTable.load(os.path.expanduser(cfg.model)), cfg.model
+        if table is not None and table.vocab_size < self.vocab_size:
+            raise TrainError(f"surprise table from {origin} covers {table.vocab_size} ids but the model has "
+                             f"{self.vocab_size}; pass --surprise-table data to recount")
+        if table is None:
+            tokens, chunk = data.train.tokens, 1 << 22
+            chunks = (tokens[i:i + chunk] for i in range(0, len(tokens), chunk))
+            table = SurpriseTable.from_token_batches(
+                chunks, self.vocab_size, specials, progress=self.main and cfg.progress,
+                total=-(-len(tokens) // chunk), desc="counting tokens",
+                metadata={"source": str(cfg.data), "tokenizer": str(cfg.tokenizer or cfg.model)})
+            origin = "the training data"
+        self.log(f"surprise table from {origin}: {table}")
+        return table
+
+    def _build_schedule(self, table: SurpriseTable) -> MaskingSchedule:
+        cfg = self.cfg
+        common = dict(t_min=cfg.t_min, t_max=cfg.t_max)
+        if cfg.masking in ("uniform",):
+            opts: dict[str, Any] = dict(eps=cfg.eps, **common)
+        elif cfg.masking == "surprise":
+            opts = dict(surprise=table, temperature=cfg.surprise_temperature, mask_first=cfg.surprise_mask_first,
+                        eps=cfg.eps, **common)
+        elif cfg.masking == "entropy":
+            opts = dict(temperature=cfg.entropy_temperature, mask_first=cfg.entropy_mask_first,
+                        probe_passes=cfg.entropy_probe_passes, eps=cfg.eps, **common)
+        else:  # llada and schedules registered by others take the t range only
+            opts = dict(common)
+        return build_masking(cfg.masking, self.mask_token_id, **opts)
+
+    def _unmaskable_table(self) -> torch.Tensor:
+        ids = special_token_ids(self.tokenizer, extra=[self.mask_token_id, self.pad_token_id])
+        table = torch.zeros(self.vocab_size, dtype=torch.bool)
+        table[torch.tensor(ids, dtype=torch.long)] = True
+        end = end_token_id(self.tokenizer)
+        if self.cfg.mask_eos and end is not None and end != self.pad_token_id:
+            table[end] = False
+        return table
+
+    # -- forward / loss -------------------------------------------------------------------------------------------
+    def _probe(self, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """No-grad logits for the entropy schedule (eval mode: no dropout)."""
+        model = self.acc.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), self.acc.autocast():
+                return self.forward_logits(model, ids, attn)
+        finally:
+            model.train(was_training)
+
+    def _micro_batch(self, data: TokenData, rows: np.ndarray, noise: Noise, schedule: MaskingSchedule):
+        ids, attn, plen = data.collate(rows, self.pad_token_id)
+        ids, attn, plen = ids.to(self.device), attn.to(self.device), plen.to(self.device)
+        maskable = maskable_positions(ids, attn, self.unmaskable, plen)
+        logits_fn = self._probe if schedule.needs_model else None
+        return schedule(ids, maskable, noise=noise.take(slice(None), ids.shape[1]).to(self.device),
+                        attention_mask=attn, logits_fn=logits_fn), attn
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+    def save_checkpoint(self, step: int, optimizer: torch.optim.Optimizer, scheduler: Any) -> Path:
+        """Write checkpoint-<step> atomically (model, tokenizer, surprise table, optimizer/scheduler state)."""
+        final = self.output / f"checkpoint-{step}"
+        self.acc.wait_for_everyone()
+        state_dict = self.acc.get_state_dict(self.model)
+        if self.main:
+            tmp = self.output / f"checkpoint-{step}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            model = self.acc.unwrap_model(self.model)
+            model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            self.table.save(tmp)
+            self.cfg.save_yaml(tmp / CONFIG_FILE)
+            state_dir = tmp / STATE_DIR
+            state_dir.mkdir()
+            torch.save(optimizer.state_dict(), state_dir / "optimizer.pt")
+            torch.save(scheduler.state_dict(), state_dir / "scheduler.pt")
+            examples = step * self.cfg.batch_size
+            state = {"step": step, "max_steps": self.max_steps, "examples_seen": examples,
+                     "epoch": examples // len(self.data.train), "position_in_epoch": examples % len(self.data.train),
+                     "tokens_seen": self.tokens_seen, "num_processes": self.world, "seed": self.cfg.seed,
+                     "batch_size": self.cfg.batch_size, "masking": self.cfg.masking,
+                     "eval_loss": self.last_eval, "time": time.time()}
+            (state_dir / "state.json").write_text(json.dumps(state, indent=2))  # written last: marks completeness
+            if final.exists():
+                old = self.output / f"checkpoint-{step}.old"
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+            self._prune_checkpoints()
+        self.acc.wait_for_everyone()
+        return final
+
+    def _prune_checkpoints(self) -> None:
+        limit = self.cfg.save_total_limit
+        if limit is None:
+            return
+        for _, p in list_checkpoints(self.output)[:-limit]:
+            shutil.rmtree(p, ignore_errors=True)
+
+    def export_final(self, checkpoint: Path) -> None:
+        """Copy the model files of `checkpoint` to the top of the output directory (each file atomically)."""
+        if self.main:
+            for f in sorted(checkpoint.iterdir()):
+                if f.is_file():
+                    tmp = self.output / f".{f.name}.tmp"
+                    shutil.copy2(f, tmp)
+                    os.replace(tmp, self.output / f.name)
+        self.acc.wait_for_everyone()
+
+    def _load_state(self, resume_dir: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
+        state_dir = resume_dir / STATE_DIR
+        state = json.loads((state_dir / "state.json").read_text())
+        optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", map_location="cpu", weights_only=True))
+        scheduler.load_state_dict(torch.load(state_dir / "scheduler.pt", map_location="cpu", weights_only=False))
+        self._check_same_recipe(resume_dir)
+        self.tokens_seen = int(state.get("tokens_seen", 0))
+        self.last_eval = state.get("eval_loss")
+        return int(state["step"])
+
+    def _check_same_recipe(self, resume_dir: Path) -> None:
+        import yaml
+
+        path = resume_dir / CONFIG_FILE
+        if not path.is_file():
+            return
+        old = yaml.safe_load(path.read_text()) or {}
+        keys = ("masking", "batch_size", "learning_rate", "seed", "max_length", "data", "surprise_temperature",
+                "surprise_mask_first", "lr_scheduler", "warmup_steps")
+        changed = [k for k in keys if k in old and old[k] != getattr(self.cfg, k)]
+        if changed:
+            self.log("warning: resuming with a changed recipe: " + ", ".join(
+                f"{k} {old[k]!r} -> {getattr(self.cfg, k)!r}" for k in changed))
+
+    def _write_log(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        if self.main:
+            with open(self.output / LOG_FILE, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            if self.acc.trackers:
+                self.acc.log({k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))},
+                             step=record["step"])
+
+    # -- evaluation -------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Held-out loss: the uniform-masking ELBO (nats per maskable token) with fixed noise, over all processes."""
+        val = self.data.val
+        if val is None:
+            return None
+        model = self.acc.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        rows = np.arange(self.rank, len(val), self.world)
+        totals = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss sum, maskable, correct, masked
+        for start in range(0, len(rows), self.micro):
+            chunk = rows[start:start + self.micro]
+            ids, attn, plen = val.collate(chunk, self.pad_token_id)
+            ids, attn, plen = ids.to(self.device), attn.to(self.device), plen.to(self.device)
+            maskable = maskable_positions(ids, attn, self.unmaskable, plen)
+            noise = self.eval_noise.take(torch.from_numpy(chunk), ids.shape[1]).to(self.device)
+            mb = self.eval_schedule(ids, maskable, noise=noise, attention_mask=attn)
+            with self.acc.autocast():
+                logits = self.forward_logits(model, mb.input_ids, attn)
+            totals[0] += weighted_mlm_loss_sum(logits, mb.labels, mb.weights).double()
+            totals[1] += mb.n_maskable.sum()
+            sel = mb.mask
+            totals[2] += (logits.argmax(-1)[sel] == mb.labels[sel]).sum()
+            totals[3] += sel.sum()
+        model.train(was_training)
+        totals = self.acc.reduce(totals, reduction="sum")
+        self.last_eval_acc = float(totals[2] / totals[3].clamp(min=1))
+        return float(totals[0] / totals[1].clamp(min=1))
+
+    # -- run --------------------------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        """Train to `max_steps`, with evaluation, logging and checkpoints; return where the model is."""
+        cfg = self.cfg
+        resume_dir = self._prepare_output()
+        self.micro, self.accum = batch_geometry(cfg, self.world)
+        self._build_model(resume_dir)
+        self.data = prepare_data(cfg, self.tokenizer, self.model.config, progress=self.main and cfg.progress)
+        if self.data.train.tokens.size and int(self.data.train.tokens.max()) >= self.vocab_size:
+            raise TrainError(f"the tokenizer produces id {int(self.data.train.tokens.max())} but the model's "
+                             f"vocabulary has {self.vocab_size} ids; pass the model's own --tokenizer")
+        self.table = self._build_surprise(self.data, resume_dir)
+        self.unmaskable = self._unmaskable_table().to(self.device)
+        self.schedule = self._build_schedule(self.table)
+        self.eval_schedule = UniformMasking(self.mask_token_id, eps=cfg.eps)
+        counts = self.data.train.maskable_counts(self._unmaskable_table().numpy())
+        lengths = self.data.train.lengths
+        if int(counts.sum()) == 0:
+            raise TrainError("no token of the training data may be masked (all special or prompt); check the data "
+                             "format and --response-field")
+        n_train = len(self.data.train)
+        self.max_steps = cfg.max_steps or max(1, math.ceil(cfg.num_epochs * n_train / cfg.batch_size))
+        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(0.05 * self.max_steps)
+        if self.data.val is not None:
+            g = torch.Generator().manual_seed(mix_seed(cfg.seed, 99))
+            self.eval_noise = Noise.draw(len(self.data.val), self.data.max_length, generator=g, stratified=True)
+
+        optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.learning_rate,
+                                      betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_lambda(s, warmup, self.max_steps, cfg.lr_scheduler, cfg.min_lr_ratio))
+        # the scheduler stays outside `prepare` (accelerate would step it once per process)
+        self.model, optimizer = self.acc.prepare(self.model, optimizer)
+        self.model.train(cfg.dropout)
+        self.tokens_seen, self.last_eval, self.last_eval_acc = 0, None, None
+        start = self._load_state(resume_dir, optimizer, scheduler) if resume_dir else 0
+        if self.log_with:
+            self.acc.init_trackers("emdm_train", config={k: v for k, v in cfg.to_dict().items()
+                                                         if isinstance(v, (int, float, str, bool))})
+        self.log(f"emdm_train: {type(self.acc.unwrap_model(self.model)).__name__} "
+                 f"({sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M params), {self.data.format} data: "
+                 f"{n_train} train rows / {0 if self.data.val is None else len(self.data.val)} held-out, "
+                 f"max_length {self.data.max_length}; masking {cfg.masking}; {self.max_steps} steps of "
+                 f"{cfg.batch_size} rows = {self.world} process(es) x {self.accum} accumulation x {self.micro}; "
+                 f"device {self.device}, precision {self.acc.mixed_precision}"
+                 + (f"; resuming at step {start} from {resume_dir}" if resume_dir else ""))
+
+        if start == 0 and self.data.val is not None:
+            self.last_eval = self.evaluate()
+            self._write_log({"step": 0, "eval_loss": self.last_eval, "eval_accuracy": self.last_eval_acc})
+            self.log(f"step 0 | eval_loss {self.last_eval:.4f} | eval_acc {self.last_eval_acc:.3f}")
+
+        order = EpochOrder(n_train, cfg.seed)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.max_steps, initial=start, desc="training", unit="step", dynamic_ncols=True,
+                   disable=not (self.main and cfg.progress))
+        window_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        window_steps, window_tokens, window_t0 = 0, 0, time.perf_counter()
+        last_saved = start if resume_dir else -1
+        for step in range(start, self.max_steps):
+            rows = order.take(step * cfg.batch_size, cfg.batch_size)
+            n_norm = max(1, int(counts[rows].sum()))
+            step_tokens = int(lengths[rows].sum())
+            gen = torch.Generator(device=self.device).manual_seed(mix_seed(cfg.seed, step, 1))
+            noise = Noise.draw(cfg.batch_size, self.data.max_length, generator=gen, device=self.device,
+                               stratified=cfg.stratified_t)
+            torch.manual_seed(mix_seed(cfg.seed, step, 2, self.rank))  # dropout: a function of the step
+            for g in range(self.accum):
+                first = (g * self.world + self.rank) * self.micro
+                sl = slice(first, first + self.micro)
+                mb, attn = self._micro_batch(self.data.train, rows[sl], noise.take(sl, self.data.max_length),
+                                             self.schedule)
+                sync = contextlib.nullcontext() if g == self.accum - 1 else self.acc.no_sync(self.model)
+                with sync:
+                    with self.acc.autocast():
+                        logits = self.forward_logits(self.model, mb.input_ids, attn)
+                    loss_sum = weighted_mlm_loss_sum(logits, mb.labels, mb.weights)
+                    # DDP averages gradients over processes: scale so that the result is sum / n_norm
+                    self.acc.backward(loss_sum * (self.world / n_norm))
+                window_loss += loss_sum.detach().double() / n_norm
+            if cfg.max_grad_norm > 0:
+                self.acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            self.tokens_seen += step_tokens
+            window_steps += 1
+            window_tokens += step_tokens
+            done = step + 1
+            bar.update(1)
+
+            if done % cfg.log_every == 0 or done == self.max_steps:
+                total = float(self.acc.reduce(window_loss.clone(), reduction="sum"))
+                elapsed = max(time.perf_counter() - window_t0, 1e-9)
+                rec = {"step": done, "loss": total / window_steps, "lr": scheduler.get_last_lr()[0],
+                       "tokens_per_s": window_tokens / elapsed, "epoch": done * cfg.batch_size / n_train}
+                self._write_log(rec)
+                self.log(f"step {done}/{self.max_steps} | loss {rec['loss']:.4f} | lr {rec['lr']:.2e} | "
+                         f"tok/s {rec['tokens_per_s']:,.0f} | epoch {rec['epoch']:.2f}")
+                bar.set_postfix(loss=f"{rec['loss']:.3f}")
+                window_loss.zero_()
+                window_steps, window_tokens, window_t0 = 0, 0, time.perf_counter()
+            if self.data.val is not None and ((cfg.eval_every and done % cfg.eval_every == 0)
+                                              or done == self.max_steps):
+                self.last_eval = self.evaluate()
+                self._write_log({"step": done, "eval_loss": self.last_eval, "eval_accuracy": self.last_eval_acc})
+                self.log(f"step {done} | eval_loss {self.last_eval:.4f} | eval_acc {self.last_eval_acc:.3f}")
+                window_t0 = time.perf_counter()  # evaluation time is not training throughput
+            if (cfg.save_every and done % cfg.save_every == 0) or done == self.max_steps:
+                self.save_checkpoint(done, optimizer, scheduler)
+                last_saved = done
+                window_t0 = time.perf_counter()
+        bar.close()
+        final_step = max(start, self.max_steps)
+        if last_saved != final_step:
+            self.save_checkpoint(final_step, optimizer, scheduler)
+        self.export_final(self.output / f"checkpoint-{final_step}")
+        self.log(f"done: step {final_step}; model saved to {self.output} (load it with pretrained={self.output})")
+        self.acc.end_training()
+        return TrainResult(self.output, final_step, self.last_eval, self.history)
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run one training recipe (see `TrainConfig`); the output directory then loads with `from_pretrained`."""
+    return Trainer(cfg).run()
