@@ -79,15 +79,17 @@ class SurpriseTable:
         return int(self.counts[~self.special_mask].sum())
 
     def probabilities(self) -> torch.Tensor:
-        """The smoothed unigram distribution p = 2^-S over ordinary ids (0 at special ids), float64 [V]."""
-        p = torch.exp2(-self.surprise.double())
-        p[self.special_mask] = 0.0
-        return p
+        """The smoothed unigram distribution p over ordinary ids (0 at special ids), float64 [V]."""
+        special = self.special_mask
+        p = self.counts.double() + self.smoothing
+        p[special] = 0.0
+        return p / p.sum()
 
     def entropy(self) -> float:
         """Shannon entropy H = sum p S of the smoothed unigram distribution, in bits."""
         p = self.probabilities()
-        return float((p * self.surprise.double()).sum())
+        logp = torch.where(p > 0, torch.log2(p), torch.zeros_like(p))
+        return float(-(p * logp).sum())
 
     def lookup(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Surprise of each id in `token_ids` (any shape), on the ids' device."""
