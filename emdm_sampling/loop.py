@@ -146,11 +146,11 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
         sub = slice(None) if len(idx) == B else idx
         logits = denoiser.logits(x[sub], attn[sub])[:, c0:].float()
         logits[..., mask_id] = float("-inf")
-        probs = torch.softmax(logits, dim=-1)
+        log_z = torch.logsumexp(logits, dim=-1)
         x0 = _propose(logits, config.temperature, rng.uniform(nfe, _STREAM_PROPOSAL)[sub])
-        p_x0 = probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+        p_x0 = torch.exp(logits.gather(-1, x0.unsqueeze(-1)).squeeze(-1) - log_z)
         ctx = StepContext(
-            step=nfe, x=xw[sub], probs=probs, x0=x0, p_x0=p_x0, masked=masked[sub],
+            step=nfe, x=xw[sub], logits=logits, log_z=log_z, x0=x0, p_x0=p_x0, masked=masked[sub],
             eligible=(masked & in_block)[sub], block=(fillw & in_block)[sub], fillable=fillw[sub],
             confidence=confidence[sub], k=reveal_counts(config.schedule, m_entry, bstep, block_steps)[sub],
             block_step=bstep[sub], block_steps=block_steps[sub], threshold=config.threshold, rng=_SubRNG(rng, sub),

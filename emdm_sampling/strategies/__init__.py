@@ -9,6 +9,7 @@ reveals the highest-scoring eligible positions. Third-party strategies register 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -23,7 +24,8 @@ class StepContext:
 
     step: int  # global step index (the same for a row in any batch)
     x: torch.Tensor  # [B, W] current tokens
-    probs: torch.Tensor  # [B, W, V] softmax of the logits (temperature 1; the mask token excluded)
+    logits: torch.Tensor  # [B, W, V] float32 logits (the mask token excluded: -inf)
+    log_z: torch.Tensor  # [B, W] logsumexp of the logits
     x0: torch.Tensor  # [B, W] proposed tokens (argmax, or sampled at `temperature`)
     p_x0: torch.Tensor  # [B, W] probability of the proposed token
     masked: torch.Tensor  # [B, W] bool: masked positions still to be decoded
@@ -53,6 +55,15 @@ class StepContext:
         """Write this step's rows of a per-row state tensor."""
         self.state[name][self.rows] = value
 
+    @cached_property
+    def probs(self) -> torch.Tensor:
+        """[B, W, V] softmax of the logits (temperature 1), computed only if a strategy asks for it."""
+        return torch.exp(self.logits - self.log_z.unsqueeze(-1))
+
+    def top_probs(self, k: int) -> torch.Tensor:
+        """[B, W, k] the k largest probabilities, without materialising the full softmax."""
+        return torch.exp(self.logits.topk(k, dim=-1).values - self.log_z.unsqueeze(-1))
+
     def select(self, scores: torch.Tensor) -> torch.Tensor:
         """Reveal the top-`k` eligible positions by `scores` (or, with a threshold, all confident ones)."""
         scores = scores.masked_fill(~self.eligible, float("-inf"))
@@ -65,11 +76,11 @@ class StepContext:
 
     def uniform(self, stream: int) -> torch.Tensor:
         """Per-row counter-based uniforms for this step, [B, W]."""
-        return self.rng.uniform(self.step, stream).to(self.probs.device)
+        return self.rng.uniform(self.step, stream).to(self.logits.device)
 
     def gumbel(self, stream: int) -> torch.Tensor:
         """Per-row counter-based Gumbel noise for this step, [B, W]."""
-        return self.rng.gumbel(self.step, stream).to(self.probs.device)
+        return self.rng.gumbel(self.step, stream).to(self.logits.device)
 
 
 @dataclass

@@ -24,7 +24,7 @@ class Vanilla(Strategy):
     "vanilla"). Each step reveals a uniformly random subset of the eligible masked positions."""
 
     def score(self, ctx: StepContext) -> torch.Tensor:
-        return ctx.uniform(_STREAM_ORDER).to(ctx.probs.dtype)
+        return ctx.uniform(_STREAM_ORDER).to(ctx.logits.dtype)
 
 
 @register_sampler("top_prob")
@@ -33,7 +33,7 @@ class TopProb(Strategy):
     score = max_j p(x_i = j)."""
 
     def score(self, ctx: StepContext) -> torch.Tensor:
-        return ctx.probs.max(dim=-1).values
+        return ctx.top_probs(1)[..., 0]
 
 
 @register_sampler("margin")
@@ -42,7 +42,7 @@ class Margin(Strategy):
     top-probability margin): score = p(j1) - p(j2) for the two most likely tokens j1, j2."""
 
     def score(self, ctx: StepContext) -> torch.Tensor:
-        top2 = ctx.probs.topk(2, dim=-1).values
+        top2 = ctx.top_probs(2)
         return top2[..., 0] - top2[..., 1]
 
 
@@ -88,7 +88,7 @@ class Surprise(Strategy):
         if ctx.surprise is None:
             raise ConfigError("sampler=surprise needs the checkpoint's surprise table (surprise.safetensors beside "
                               "config.json); fine-tune with emdm_train, which saves one, or choose another sampler")
-        s = ctx.surprise.to(ctx.probs.device)[ctx.x0].double()
+        s = ctx.surprise.to(ctx.logits.device)[ctx.x0].double()
         if self.opt["surprise_direction"] == "low_first":
             s = -s
         return s / float(self.opt["surprise_temperature"]) + ctx.gumbel(_STREAM_SURPRISE)
