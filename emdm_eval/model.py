@@ -87,6 +87,18 @@ def _as_int(name: str, value: Any, minimum: int | None = None, allow_none: bool 
     return out
 
 
+def _launched_world_size() -> int:
+    """Processes started by the launcher (torchrun / accelerate launch / mpirun); 1 for a plain run."""
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        try:
+            value = int(os.environ.get(name, "1"))
+        except ValueError:
+            continue
+        if value > 1:
+            return value
+    return 1
+
+
 class EMDMLM(TemplateLM):
     """lm-eval model for masked diffusion LMs (registered as `emdm`)."""
 
@@ -135,12 +147,15 @@ class EMDMLM(TemplateLM):
 
         # --- processes and device (accelerate launch -> data parallel) ----------------------------------------
         self.accelerator = None
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if _launched_world_size() > 1:
             from datetime import timedelta
 
             from accelerate import Accelerator, InitProcessGroupKwargs
 
-            acc = Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(weeks=52))])
+            # On a machine without CUDA (or with device=cpu) the processes talk over gloo: accelerate only picks
+            # its MULTI_CPU mode when asked for the CPU explicitly.
+            use_cpu = not torch.cuda.is_available() or str(opts["device"] or "").startswith("cpu")
+            acc = Accelerator(cpu=use_cpu, kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(weeks=52))])
             if acc.num_processes > 1:
                 self.accelerator = acc
                 self._rank, self._world_size = acc.process_index, acc.num_processes
@@ -460,13 +475,14 @@ class EMDMLM(TemplateLM):
         for item in prepared:  # requests that share a sampler configuration are batched together
             groups[json.dumps(item[2], sort_keys=True, default=str)].append(item)
 
+        # batch_size=auto is settled once, on every process (a collective under accelerate), for the longest row
+        bs = self._resolve_batch_size(max(len(p) + int(c["gen_length"]) for _i, p, c, _u in prepared))
         results: list[str | None] = [None] * len(requests)
         pbar = tqdm(total=len(requests), desc="emdm generate_until", disable=disable_tqdm or self.rank != 0)
         start, passes0 = time.perf_counter(), self.denoiser.forward_calls
         for items in groups.values():
             items.sort(key=lambda it: (-len(it[1]), it[0]))  # similar lengths together, longest first
             config = SamplerConfig.from_kwargs(**dict(items[0][2]))
-            bs = self._resolve_batch_size(max(len(it[1]) for it in items) + config.gen_length)
             for b in range(0, len(items), bs):
                 chunk = items[b:b + bs]
                 out = generate(self.denoiser, [it[1] for it in chunk], config, seeds=[seeds[it[0]] for it in chunk])

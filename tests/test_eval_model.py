@@ -1,0 +1,301 @@
+"""EMDMLM in-process: argument errors, stop strings, batch invariance, the MC ELBO, rolling windows, PEFT."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from emdm_sampling.adapters import Denoiser
+from emdm_sampling.errors import CheckpointError, ConfigError, EMDMError, InputTooLongError
+
+lm_eval = pytest.importorskip("lm_eval")
+from lm_eval.api.instance import Instance  # noqa: E402
+
+from emdm_eval.likelihood import draw_masks, elbo_loglikelihood, stable_seed, stratified_mask_counts  # noqa: E402
+from emdm_eval.model import EMDMLM  # noqa: E402
+
+TASKS = Path(__file__).resolve().parents[1] / "tasks" / "demo"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread avoids oversubscription stalls."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_checkpoints):
+    return EMDMLM(pretrained=tiny_checkpoints["bert"], steps=4, mc_num=8, device="cuda:0")
+
+
+def gen_req(context, doc_id=0, **gen_kwargs):
+    return Instance("generate_until", {}, (context, gen_kwargs), 0, ("t", doc_id, 1))
+
+
+def ll_req(context, continuation):
+    return Instance("loglikelihood", {}, (context, continuation), 0, ("t", 0, 1))
+
+
+# --- construction and errors ---------------------------------------------------------------------------------
+
+def one_line(exc: BaseException) -> str:
+    msg = str(exc)
+    assert "\n" not in msg and isinstance(exc, EMDMError)
+    return msg
+
+
+def test_cuda_request_falls_back_to_cpu(lm):
+    assert lm.device.type == "cpu"
+    assert lm.max_length == 128 and lm.rank == 0 and lm.world_size == 1
+
+
+def test_seed_comes_from_lm_eval_torch_seed(tiny_checkpoints):
+    torch.manual_seed(4321)  # what lm-eval's --seed does before it builds the model
+    assert EMDMLM(pretrained=tiny_checkpoints["bert"]).seed == 4321
+    assert EMDMLM(pretrained=tiny_checkpoints["bert"], seed=7).seed == 7
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({"sampler": "nonsense"}, "unknown sampler 'nonsense'; registered samplers:"),
+    ({"bogus": 1, "steps": 4}, "unknown --model_args key(s) bogus"),
+    ({"greedy": "maybe"}, "greedy='maybe' is unknown; use one of onepass, decode, off"),
+    ({"mc_num": 0}, "mc_num must be >= 1"),
+    ({"batch_size": "many"}, "batch_size='many' is not an integer"),
+    ({"dtype": "float8"}, "unknown dtype"),
+])
+def test_bad_model_args_fail_with_one_line(tiny_checkpoints, kwargs, expected):
+    with pytest.raises(ConfigError) as info:
+        EMDMLM(pretrained=tiny_checkpoints["bert"], **kwargs)
+    assert expected in one_line(info.value)
+
+
+def test_missing_checkpoint_and_pretrained(tmp_path):
+    with pytest.raises(CheckpointError) as info:
+        EMDMLM(pretrained=str(tmp_path / "nope" / "ckpt"))
+    assert "does not exist; pass pretrained=" in one_line(info.value)
+    with pytest.raises(ConfigError) as info:
+        EMDMLM()
+    assert "pass --model_args pretrained=" in one_line(info.value)
+
+
+def test_prompt_longer_than_model_fails_or_truncates(lm, tiny_checkpoints):
+    long_prompt = " ".join(["the cat sleeps on the warm mat ."] * 20)  # ~160 tokens > 128
+    with pytest.raises(InputTooLongError) as info:
+        lm.generate_until([gen_req(long_prompt, max_gen_toks=4)])
+    assert "truncation=left" in one_line(info.value) and "--num_fewshot" in str(info.value)
+    with pytest.raises(InputTooLongError) as info:
+        lm.loglikelihood([ll_req(long_prompt, " mat")])
+    assert "truncation=left" in one_line(info.value)
+    cut = EMDMLM(pretrained=tiny_checkpoints["bert"], steps=4, mc_num=4, truncation="left")
+    assert len(cut.generate_until([gen_req(long_prompt, max_gen_toks=4)])) == 1
+    assert math.isfinite(cut.loglikelihood([ll_req(long_prompt, " mat")])[0][0])
+
+
+# --- generate_until ------------------------------------------------------------------------------------------
+
+def test_each_request_keeps_its_own_stop_strings(lm):
+    prompt = "the capital of france is"
+    full = lm.generate_until([gen_req(prompt, until=[], max_gen_toks=8)])[0]
+    words = full.split()
+    assert len(words) >= 3, full
+    stop = " " + words[1]
+    # Greedy decoding: the same prompt decodes the same way whatever its stop strings; a batch of both must not
+    # apply the first request's stops to the second.
+    lm.batch_size = 4
+    try:
+        cut, uncut = lm.generate_until([gen_req(prompt, until=[stop], max_gen_toks=8),
+                                        gen_req(prompt, doc_id=1, until=[], max_gen_toks=8)])
+    finally:
+        lm.batch_size = 1
+    assert cut == full.split(stop)[0] and stop not in cut
+    assert uncut == full
+
+
+def test_sampled_generation_is_the_same_at_any_batch_size(lm):
+    prompts = ["the capital of france is", "the dog runs in the", "one two three", "she writes a long letter to",
+               "the sun rises over the quiet sea and"]
+    reqs = [gen_req(p, doc_id=i, until=[], max_gen_toks=6, do_sample=True, temperature=1.0)
+            for i, p in enumerate(prompts)]
+    outs = {}
+    for bs in (1, 2, 4):
+        lm.batch_size = bs
+        outs[bs] = lm.generate_until(reqs)
+    lm.batch_size = 1
+    assert outs[1] == outs[2] == outs[4]
+    assert len(set(outs[1])) > 1  # really sampled, per request
+    # a repeated request (pass@k) draws new numbers; an unchanged call draws the same ones again
+    again = lm.generate_until([reqs[0], reqs[0]])
+    assert again[0] == outs[1][0] and again[1] != again[0]
+
+
+def test_generation_stats_and_model_info(lm):
+    lm.generate_until([gen_req("the dog runs in the", until=["."], max_gen_toks=4)])
+    info = lm.get_model_info()["emdm"]
+    g = info["stats"]["generate_until"]
+    assert g["requests"] >= 1 and g["forward_passes"] >= 1 and "tokens_per_second" in g and "empty" in g
+    assert info["sampler"]["sampler"] == "margin" and info["seed"] == lm.seed
+
+
+def test_chat_template_from_file(tiny_checkpoints, tmp_path):
+    tpl = tmp_path / "chat.jinja"
+    tpl.write_text("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} . {% endfor %}"
+                   "{% if add_generation_prompt %}assistant :{% endif %}")
+    lm = EMDMLM(pretrained=tiny_checkpoints["bert"], steps=2, chat_template=str(tpl))
+    text = lm.apply_chat_template([{"role": "user", "content": "the cat"}])
+    assert text == "user : the cat . assistant :"
+    assert lm.chat_template(True) == tpl.read_text()
+    bare = EMDMLM(pretrained=tiny_checkpoints["bert"], steps=2)
+    with pytest.raises(ConfigError, match="has no chat template; pass chat_template="):
+        bare.apply_chat_template([{"role": "user", "content": "x"}])
+
+
+# --- the MC ELBO ---------------------------------------------------------------------------------------------
+
+class TableDenoiser(Denoiser):
+    """Logits that ignore the input: row i of `table` at position i (uniform when no table)."""
+
+    def __init__(self, vocab=12, mask_token_id=11, max_length=32, table=None):
+        super().__init__(torch.nn.Linear(1, 1), tokenizer=None, mask_token_id=mask_token_id, eos_token_id=None,
+                         pad_token_id=0, max_length=max_length)
+        self.V, self.table = vocab, table
+
+    def _forward(self, input_ids, attention_mask):
+        B, L = input_ids.shape
+        if self.table is None:
+            return torch.zeros(B, L, self.V)
+        return self.table[:L].unsqueeze(0).expand(B, L, self.V).clone()
+
+
+def test_mask_draws_are_stratified_and_uniform():
+    g = torch.Generator().manual_seed(0)
+    counts = stratified_mask_counts(7, 7, g)
+    assert sorted(counts.tolist()) == list(range(1, 8))  # n = L: every l exactly once
+    masks = draw_masks(5, 64, torch.Generator().manual_seed(1))
+    assert masks.shape == (64, 5) and masks.sum(1).min() >= 1
+
+
+def test_elbo_is_exact_for_uniform_logits():
+    den = TableDenoiser(vocab=12)
+    for mc in (1, 3, 16):
+        res = elbo_loglikelihood(den, [1, 2, 3], [4, 5, 6, 7], mc_num=mc, seed=mc, rows=5)
+        assert res.logprob == pytest.approx(-4 * math.log(12), rel=1e-6)
+
+
+def test_elbo_is_unbiased_for_position_dependent_logits():
+    torch.manual_seed(0)
+    table = torch.randn(8, 12) * 2
+    den = TableDenoiser(vocab=12, table=table)
+    ctx, cont = [1, 2, 3], [4, 5, 6, 7, 8]
+    exact = sum(torch.log_softmax(table[3 + i], -1)[t].item() for i, t in enumerate(cont))
+    est = elbo_loglikelihood(den, ctx, cont, mc_num=4000, seed=3, rows=None).logprob
+    assert est == pytest.approx(exact, rel=0.03)
+    # deterministic for a seed, independent of how the draws are chunked into forward passes
+    a = elbo_loglikelihood(den, ctx, cont, mc_num=32, seed=5, rows=7)
+    b = elbo_loglikelihood(den, ctx, cont, mc_num=32, seed=5, rows=None)
+    assert a.logprob == pytest.approx(b.logprob, rel=1e-12) and a.forward_passes == 5 and b.forward_passes == 1
+    assert elbo_loglikelihood(den, ctx, cont, mc_num=32, seed=6).logprob != a.logprob
+
+
+def test_is_greedy_onepass_and_decode(lm):
+    table = torch.full((8, 12), -5.0)
+    table[:, 4] = 5.0  # token 4 is the argmax everywhere
+    den = TableDenoiser(vocab=12, table=table)
+    assert elbo_loglikelihood(den, [1], [4, 4], mc_num=2, seed=0).is_greedy is True
+    assert elbo_loglikelihood(den, [1], [4, 5], mc_num=2, seed=0).is_greedy is False
+    saved = lm.denoiser, lm.greedy
+    try:
+        lm.denoiser = den
+        for mode in ("onepass", "decode"):
+            lm.greedy = mode
+            res = lm._loglikelihood_tokens([(("a", "b"), [1], [4, 4]), (("a", "c"), [1], [4, 5])])
+            assert [r[1] for r in res] == [True, False]
+        lm.greedy = "off"
+        assert [r[1] for r in lm._loglikelihood_tokens([(("a", "b"), [1], [4, 4])])] == [False]
+    finally:
+        lm.denoiser, lm.greedy = saved
+
+
+def test_rolling_windows_score_every_token_once(lm):
+    saved = lm.denoiser
+    try:
+        lm.denoiser = TableDenoiser(vocab=len(lm.tokenizer), mask_token_id=lm.denoiser.mask_token_id,
+                                    max_length=16)
+        text = " ".join(["the cat sleeps on the warm mat ."] * 6)
+        n = len(lm.tok_encode(text, add_special_tokens=False))
+        assert n > 2 * 16
+        stats = lm._stats["loglikelihood_rolling"]
+        before = stats["windows"]
+        (total,) = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)])
+        assert total == pytest.approx(-n * math.log(len(lm.tokenizer)), rel=1e-6)
+        assert stats["windows"] - before == math.ceil(n / 15)
+    finally:
+        lm.denoiser = saved
+
+
+def test_loglikelihood_ranks_the_right_answer_first(tmp_path):
+    """Fine-tune a tiny BERT on the demo questions' right answers: the ELBO must rank them first, 10 of 10."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from emdm_sampling.tiny import build_tiny_checkpoint
+
+    path = build_tiny_checkpoint(tmp_path / "ft", "bert")
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModelForMaskedLM.from_pretrained(path)
+    rows = [json.loads(line) for line in (TASKS / "emdm_demo_mc.jsonl").read_text().splitlines()]
+    pairs = [([tok.cls_token_id] + tok(r["question"], add_special_tokens=False)["input_ids"],
+              tok(" " + r["choices"][r["label"]], add_special_tokens=False)["input_ids"]) for r in rows]
+    width = max(len(q) + len(a) for q, a in pairs)
+    ids = torch.full((len(pairs), width), tok.pad_token_id)
+    att, ans = torch.zeros_like(ids), torch.zeros_like(ids, dtype=torch.bool)
+    for i, (q, a) in enumerate(pairs):
+        ids[i, :len(q) + len(a)] = torch.tensor(q + a)
+        att[i, :len(q) + len(a)] = 1
+        ans[i, len(q):len(q) + len(a)] = True
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.eval()  # no dropout: deterministic, and the 10 facts are learnt fast
+    for _ in range(600):  # masked-diffusion objective, the answer always masked
+        t = torch.rand(len(pairs), 1, generator=g).clamp(min=0.1)
+        m = ((torch.rand(ids.shape, generator=g) < t) | ans) & att.bool()
+        logits = model(input_ids=ids.masked_fill(m, tok.mask_token_id), attention_mask=att).logits
+        loss = torch.nn.functional.cross_entropy(logits[m], ids[m])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    model.save_pretrained(path)
+
+    lm = EMDMLM(pretrained=str(path), mc_num=16)
+    reqs = [ll_req(r["question"], " " + c) for r in rows for c in r["choices"]]
+    res = lm.loglikelihood(reqs)
+    for i, r in enumerate(rows):
+        lls = [x[0] for x in res[4 * i:4 * i + 4]]
+        right = lls.pop(r["label"])
+        assert right > max(lls) + 1.0, (r, right, lls)  # first, by a wide margin
+    assert res == lm.loglikelihood(reqs)  # deterministic for a seed
+
+
+def test_peft_adapter_changes_the_model(tiny_checkpoints, tmp_path):
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForMaskedLM
+
+    base = AutoModelForMaskedLM.from_pretrained(tiny_checkpoints["bert"])
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], init_lora_weights=False)
+    peft.get_peft_model(base, cfg).save_pretrained(tmp_path / "lora")
+    plain = EMDMLM(pretrained=tiny_checkpoints["bert"], mc_num=4)
+    tuned = EMDMLM(pretrained=tiny_checkpoints["bert"], mc_num=4, peft=str(tmp_path / "lora"))
+    req = [ll_req("the capital of france is", " paris")]
+    assert plain.loglikelihood(req)[0][0] != pytest.approx(tuned.loglikelihood(req)[0][0])
+    assert tuned.get_model_info()["emdm"]["peft"] == str(tmp_path / "lora")
+
+
+def test_stable_seed_is_stable():
+    assert stable_seed(1234, "x", "ctx", 3) == stable_seed(1234, "x", "ctx", 3)
+    assert stable_seed(1234, "x", "ctx", 3) != stable_seed(1235, "x", "ctx", 3)
+    assert 0 <= stable_seed("anything") < 2 ** 63
