@@ -39,8 +39,25 @@ def register() -> bool:
 
     if MODEL_NAME in model_registry:
         return False
-    model_registry.register(MODEL_NAME, target=MODEL_TARGET)
+    model_registry.register(MODEL_NAME, target=_placeholder())
     return True
+
+
+def _placeholder():
+    """Our own `lm_eval.models` entry point when installed, else the "module:Class" string.
+
+    An entry point equals the one a harness that loads the `lm_eval.models` group itself (lm-eval's main branch)
+    would register, so the two registrations do not collide; both are lazy (nothing imported until used).
+    """
+    try:
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group="lm_eval.models"):
+            if ep.name == MODEL_NAME and ep.value.replace(" ", "") == MODEL_TARGET:
+                return ep
+    except Exception:
+        pass
+    return MODEL_TARGET
 
 
 def _after_registry_import() -> None:

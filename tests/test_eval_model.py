@@ -299,3 +299,10 @@ def test_stable_seed_is_stable():
     assert stable_seed(1234, "x", "ctx", 3) == stable_seed(1234, "x", "ctx", 3)
     assert stable_seed(1234, "x", "ctx", 3) != stable_seed(1235, "x", "ctx", 3)
     assert 0 <= stable_seed("anything") < 2 ** 63
+
+
+def test_auto_batch_size_and_max_length(tiny_checkpoints):
+    lm = EMDMLM(pretrained=tiny_checkpoints["bert"], steps=2, batch_size="auto:4", max_length=64)
+    assert lm.max_length == 64 and lm.batch_size == "auto"
+    out = lm.generate_until([gen_req("the dog runs in the", doc_id=i, until=["."], max_gen_toks=4) for i in range(3)])
+    assert len(out) == 3 and lm._auto_batch == 8  # on the CPU: min(max_batch_size, 8)
