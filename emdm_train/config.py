@@ -35,6 +35,11 @@ class TrainConfig:
                                    "model")
     mask_token_id: int | None = _opt(None, "id of the mask token when neither the tokenizer nor the config "
                                      "defines one", "model")
+    from_scratch: bool = _opt(False, "ignore the weights of --model and train from random initialisation with its "
+                              "config and tokenizer (pre-training from scratch)", "model")
+    config_overrides: str | None = _opt(None, "comma-separated key=value changes to the model config, e.g. "
+                                        "'hidden_dropout_prob=0.0,initializer_range=0.02' (as in transformers' "
+                                        "run_mlm.py)", "model")
     add_mask_token: bool = _opt(False, "add a [MASK] token to a tokenizer that has none (and grow the embeddings)",
                                 "model")
     dropout: bool = _opt(True, "keep the model's dropout during training (--no-dropout trains in eval mode, "
@@ -306,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         base, optional = _base_type(hints[f.name])
         default = f.default
-        help_text = f.metadata["help"] + ("" if default is None else f" [default: {default}]")
+        help_text = (f.metadata["help"] + ("" if default is None else f" [default: {default}]")).replace("%", "%%")
         if f.name == "resume":
             group.add_argument(flag, nargs="?", const="latest", metavar="CHECKPOINT", help=help_text)
         elif base is bool:

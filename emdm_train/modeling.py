@@ -50,8 +50,20 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
         raise TrainError(f"cannot load a tokenizer from {name}: {first_line(exc)}; pass --tokenizer DIR") from None
 
 
-def load_config(name: str, trust_remote_code: bool = False) -> tuple[Any, bool]:
-    """(config, pretrained): the model config, and whether `name` has weights to load (else random init)."""
+def load_config(name: str, trust_remote_code: bool = False, overrides: str | None = None) -> tuple[Any, bool]:
+    """(config, pretrained): the model config (with `overrides` "k=v,k2=v2" applied), and whether `name` has
+    weights to load (else random init)."""
+    config, pretrained = _load_config(name, trust_remote_code)
+    if overrides:
+        try:
+            config.update_from_string(overrides)
+        except (ValueError, AttributeError) as exc:
+            raise TrainError(f"--config-overrides {overrides!r}: {first_line(exc)}; give key=value pairs of "
+                             f"existing config fields, separated by commas") from None
+    return config, pretrained
+
+
+def _load_config(name: str, trust_remote_code: bool) -> tuple[Any, bool]:
     from transformers import AutoConfig
 
     register_architectures()
@@ -101,8 +113,8 @@ def load_model(name: str, config: Any, pretrained: bool, trust_remote_code: bool
     cls = _auto_classes(config)[0]
     try:
         if pretrained:
-            model = cls.from_pretrained(os.path.expanduser(name), trust_remote_code=trust_remote_code,
-                                        dtype=torch.float32)
+            model = cls.from_pretrained(os.path.expanduser(name), config=config,
+                                        trust_remote_code=trust_remote_code, dtype=torch.float32)
         else:
             if vocab_size and getattr(config, "vocab_size", vocab_size) < vocab_size:
                 logger.warning("config vocab_size %s < tokenizer size %s: using %s", config.vocab_size, vocab_size,

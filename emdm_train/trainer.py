@@ -179,7 +179,9 @@ class Trainer:
                                        "tensorboard (or --report-to none)")
             log_with = "tensorboard"
         self.log_with = log_with
-        self.acc = Accelerator(cpu=cfg.cpu, mixed_precision=resolve_mixed_precision(cfg), log_with=log_with,
+        # several processes without CUDA (torchrun, `accelerate launch --multi_gpu` on a CPU machine): gloo on CPU
+        cpu = cfg.cpu or (not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
+        self.acc = Accelerator(cpu=cpu, mixed_precision=resolve_mixed_precision(cfg), log_with=log_with,
                                project_dir=str(self.output))
         self.world = self.acc.num_processes
         self.rank = self.acc.process_index
@@ -242,7 +244,9 @@ class Trainer:
     def _build_model(self, resume_dir: Path | None) -> None:
         cfg = self.cfg
         source = str(resume_dir) if resume_dir else cfg.model
-        config, pretrained = load_config(source, cfg.trust_remote_code)
+        config, pretrained = load_config(source, cfg.trust_remote_code,
+                                         None if resume_dir else cfg.config_overrides)
+        pretrained = pretrained and (bool(resume_dir) or not cfg.from_scratch)
         tok_source = str(resume_dir) if resume_dir else (cfg.tokenizer or cfg.model)
         if not resume_dir and not cfg.tokenizer and not pretrained and os.path.isfile(os.path.expanduser(cfg.model)):
             raise TrainError(f"--model {cfg.model} is a config file; pass --tokenizer DIR as well")
