@@ -22,7 +22,7 @@ PTH_NAME = "emdm_lm_eval.pth"
 # Keep in sync with emdm_eval.registration.PTH_LINE (a test checks the installed file).
 PTH_LINE = ("import sys; exec(\"try:\\n from emdm_eval import registration as _emdm_r; _emdm_r.install_hook()\\n"
             "except Exception:\\n pass\")\n")
-TASK_SUFFIXES = {".yaml", ".yml", ".jsonl", ".json", ".py", ".md", ".txt"}
+SKIP_SUFFIXES = {".pyc", ".pyo"}  # everything else under tasks/ ships (YAML includes, data, loaders, READMEs)
 
 
 class build_py_with_hook(build_py):
@@ -44,7 +44,7 @@ class build_py_with_hook(build_py):
             return
         copied = []
         for path in sorted(src.rglob("*")):
-            if path.is_file() and path.suffix in TASK_SUFFIXES and "__pycache__" not in path.parts:
+            if path.is_file() and path.suffix not in SKIP_SUFFIXES and "__pycache__" not in path.parts:
                 out = dest / path.relative_to(src)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, out)
