@@ -160,6 +160,10 @@ class EMDMLM(TemplateLM):
                 self.accelerator = acc
                 self._rank, self._world_size = acc.process_index, acc.num_processes
         device = self.accelerator.device if self.accelerator is not None else self._pick_device(opts["device"])
+        if self.world_size > 1 and opts["seed"] in (None, "None", ""):
+            shared = [self.seed]  # without lm-eval's --seed the processes would start from different seeds
+            torch.distributed.broadcast_object_list(shared, src=0)
+            self.seed = int(shared[0])
 
         # --- the model -----------------------------------------------------------------------------------------
         self.pretrained = str(opts["pretrained"])

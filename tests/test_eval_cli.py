@@ -128,7 +128,8 @@ def test_wheel_ships_hook_and_tasks(installs):
     assert zipfile.ZipFile(installs["wheel_file"]).read(PTH_NAME).decode() == PTH_LINE
     for kind in ("wheel", "editable"):
         probe = run([installs[kind], "-c",
-                     "import sys, sysconfig, pathlib, emdm_eval;"
+                     "import sys, sysconfig, pathlib, emdm_eval, emdm_eval.registration as r;"
+                     "r.install_hook(); r.install_hook();"  # idempotent: still one hook
                      "print('torch' in sys.modules, 'lm_eval' in sys.modules,"
                      " sum(type(f).__name__ == '_RegistryImportHook' for f in sys.meta_path),"
                      " (pathlib.Path(sysconfig.get_paths()['purelib']) / 'emdm_lm_eval.pth').read_text() == "
