@@ -25,9 +25,11 @@ from emdm_eval.registration import PTH_LINE, PTH_NAME  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-       "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": "", "PYTHONWARNINGS": "ignore"}
-ENV.pop("PYTHONPATH")
+# One intra-op thread per process (tiny models; a shared 2-core machine stalls oversubscribed thread pools), and no
+# PYTHONPATH: the venvs must find emdm through their own install only.
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+ENV.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
+           MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 METRICS = {"emdm_demo_gen": ["exact_match,none"], "emdm_demo_mc": ["acc,none", "acc_norm,none"],
            "emdm_demo_ppl": ["word_perplexity,none", "byte_perplexity,none", "bits_per_byte,none"]}
 
