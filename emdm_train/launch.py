@@ -39,9 +39,9 @@ def requested_cpu_processes() -> int:
         parent = psutil.Process(os.getppid()).cmdline()
     except Exception:
         return 1
-    if not any("accelerate" in a for a in parent[:3]) or "launch" not in parent:
+    if not any("accelerate" in a for a in parent[:3]) or not any("launch" in a for a in parent[:4]):
         return 1
-    args = parent[parent.index("launch") + 1:]
+    args = parent[: parent.index("emdm_train")] if "emdm_train" in parent else parent  # the launcher's own flags
     value = _flag_value(args, ("--num_processes", "--num-processes"))
     if value is None:
         config = _flag_value(args, ("--config_file", "--config-file"))
