@@ -1,0 +1,216 @@
+"""A small bidirectional transformer for Sudoku with row/column/box-aware positions, and its character tokenizer.
+
+Sequence: the 81-character puzzle ('0' = blank), [SEP], then 81 solution cells (masks to be filled); the
+tokenizer appends [SEP] to a lone puzzle, so "prompt ids + 81 masks" is the whole input. The layout is read from
+the tokens, not from position ids: the first 81 cell tokens (digits or [MASK]) are the puzzle, the next 81 the
+solution; [SEP], [PAD] and [EOS] are no cells. So the model works with or without the [SEP] and with left
+padding. A row with only 81 cells is the short "canvas" form: one grid, clues visible, blanks masked.
+Both halves share the row, column and box embeddings of a cell; a segment embedding tells them apart.
+
+Layouts (`SudokuConfig.layout`):
+* ``fused`` (default): the transformer runs over the 81 cells only; a cell's input is its solution token plus
+  its puzzle token (a second embedding table) plus row/column/box. Same information, half the length.
+* ``full``: the transformer runs over every token of the sequence (keys: the cells only).
+
+Logits: cells of the solution half and masked cells get the model's prediction restricted to the digits 1-9;
+every other position (given puzzle cells, [SEP], padding) predicts its own token, and a [MASK] past the 162nd
+cell (a masked [EOS] in training, extra generation room) predicts [EOS].
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import MaskedLMOutput
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[SEP]", "[MASK]", "[EOS]")
+VOCAB = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + tuple("0123456789"))}
+PAD_ID, UNK_ID, SEP_ID, MASK_ID, EOS_ID, ZERO_ID = (VOCAB[t] for t in SPECIAL_TOKENS + ("0",))
+CELLS = 81
+NEG = -1e4  # a logit that gives probability 0 in float32 without producing inf/NaN in entropies
+SIZES = {
+    "cpu": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512),
+    "paper": dict(hidden_size=384, num_hidden_layers=3, num_attention_heads=12, intermediate_size=1536),
+}
+
+
+class SudokuConfig(PretrainedConfig):
+    """Configuration of `SudokuForMaskedLM` (model_type ``emdm_sudoku``)."""
+
+    model_type = "emdm_sudoku"
+
+    def __init__(self, vocab_size: int = len(VOCAB), hidden_size: int = 128, num_hidden_layers: int = 4,
+                 num_attention_heads: int = 4, intermediate_size: int = 512, dropout: float = 0.0,
+                 layout: str = "fused", initializer_range: float = 0.02, layer_norm_eps: float = 1e-5,
+                 zero_token_id: int = ZERO_ID, mask_token_id: int = MASK_ID, sep_token_id: int = SEP_ID,
+                 pad_token_id: int = PAD_ID, eos_token_id: int = EOS_ID, max_position_embeddings: int = 2 * CELLS + 2,
+                 **kwargs) -> None:
+        if layout not in ("fused", "full"):
+            raise ValueError(f"SudokuConfig.layout must be 'fused' or 'full'; got {layout!r}")
+        if hidden_size % num_attention_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}")
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.dropout = dropout
+        self.layout = layout
+        self.initializer_range = initializer_range
+        self.layer_norm_eps = layer_norm_eps
+        self.zero_token_id = zero_token_id
+        self.mask_token_id = mask_token_id
+        self.sep_token_id = sep_token_id
+        self.max_position_embeddings = max_position_embeddings  # puzzle, [SEP], solution, [EOS]: informational
+        super().__init__(pad_token_id=pad_token_id, eos_token_id=eos_token_id, **kwargs)
+
+
+class SudokuBlock(nn.Module):
+    """Pre-LN transformer block: self-attention then a GELU MLP, both residual."""
+
+    def __init__(self, config: SudokuConfig) -> None:
+        super().__init__()
+        d = config.hidden_size
+        self.heads = config.num_attention_heads
+        self.dropout = config.dropout
+        self.attn_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+        self.mlp_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.fc_in = nn.Linear(d, config.intermediate_size)
+        self.fc_out = nn.Linear(config.intermediate_size, d)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, L, D]; keep [B, 1, 1, L] bool (True = a key to attend to) or None."""
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.attn_norm(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        drop = self.dropout if self.training else 0.0
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=drop)
+        x = x + F.dropout(self.out(a.transpose(1, 2).reshape(b, n, d)), drop, self.training)
+        return x + F.dropout(self.fc_out(F.gelu(self.fc_in(self.mlp_norm(x)))), drop, self.training)
+
+
+class SudokuForMaskedLM(PreTrainedModel):
+    """Bidirectional transformer over Sudoku cells; `forward` returns `MaskedLMOutput(loss, logits [B, L, V])`."""
+
+    config_class = SudokuConfig
+    base_model_prefix = "sudoku"
+    _no_split_modules = ["SudokuBlock"]
+    _supports_sdpa = True
+
+    def __init__(self, config: SudokuConfig) -> None:
+        super().__init__(config)
+        d = config.hidden_size
+        self.token_emb = nn.Embedding(config.vocab_size, d)
+        if config.layout == "fused":  # every parameter takes part in each step (DDP needs that)
+            self.clue_emb = nn.Embedding(config.vocab_size, d)  # the puzzle token of each cell
+        else:
+            self.segment_emb = nn.Embedding(3, d)  # puzzle, solution, other
+        self.row_emb = nn.Embedding(10, d)  # index 9: not a cell
+        self.col_emb = nn.Embedding(10, d)
+        self.box_emb = nn.Embedding(10, d)
+        self.blocks = nn.ModuleList(SudokuBlock(config) for _ in range(config.num_hidden_layers))
+        self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.head = nn.Linear(d, config.vocab_size)
+        self.post_init()
+
+    def layout(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """Return (is_cell, segment, cell) [B, L]: segment 0 puzzle / 1 solution / 2 other, cell 0-80 (81: none)."""
+        z, m = self.config.zero_token_id, self.config.mask_token_id
+        is_cell = ((input_ids >= z) & (input_ids <= z + 9)) | (input_ids == m)
+        if attention_mask is not None:
+            is_cell &= attention_mask.bool()
+        rank = is_cell.long().cumsum(1) - 1
+        count = is_cell.sum(1, keepdim=True)
+        canvas = count == CELLS
+        if not bool((canvas | (count >= 2 * CELLS)).all()):
+            raise ValueError(f"SudokuForMaskedLM expects 81 or 162 cell tokens (digits or [MASK]) per row "
+                             f"(puzzle [SEP] solution); got {sorted(set(count.flatten().tolist()))}")
+        is_cell &= canvas | (rank < 2 * CELLS)  # a mask past the solution (a masked [EOS]) is no cell
+        segment = torch.where(is_cell, torch.where(canvas, 1, rank // CELLS), 2)
+        cell = torch.where(is_cell, rank % CELLS, CELLS)
+        return is_cell, segment, cell
+
+    def _position(self, cell: torch.Tensor) -> torch.Tensor:
+        """Sum of row, column and box embeddings of cell indices (81 = none)."""
+        row, col = cell // 9, cell % 9
+        none = cell >= CELLS
+        box = torch.where(none, 9, (row // 3) * 3 + col // 3)
+        return self.row_emb(torch.where(none, 9, row)) + self.col_emb(torch.where(none, 9, col)) + self.box_emb(box)
+
+    def _encode(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """Run the blocks and the head: hidden [B, N, D] -> logits [B, N, V]."""
+        for block in self.blocks:
+            x = block(x, keep)
+        return self.head(self.norm(x))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                **_) -> MaskedLMOutput:
+        """Logits [B, L, V] aligned with input_ids (position_ids are ignored: the layout comes from the tokens)."""
+        is_cell, segment, cell = self.layout(input_ids, attention_mask)
+        if self.config.layout == "full":
+            x = self.token_emb(input_ids) + self.segment_emb(segment) + self._position(cell)
+            pred = self._encode(x, is_cell[:, None, None, :])  # attend to cells only: [SEP] and padding are inert
+        else:
+            b = input_ids.shape[0]
+            slot = torch.where(is_cell, segment * CELLS + cell, 2 * CELLS)  # non-cells land in a spare slot
+            grid = input_ids.new_full((b, 2 * CELLS + 1), self.config.pad_token_id).scatter(1, slot, input_ids)
+            cells = torch.arange(CELLS, device=input_ids.device)
+            x = self.token_emb(grid[:, CELLS:2 * CELLS]) + self.clue_emb(grid[:, :CELLS]) + self._position(cells)
+            index = cell.clamp(max=CELLS - 1)[..., None].expand(-1, -1, self.config.vocab_size)
+            pred = self._encode(x, None).gather(1, index)
+        vocab = torch.arange(self.config.vocab_size, device=pred.device)
+        z = self.config.zero_token_id
+        pred = pred.masked_fill((vocab <= z) | (vocab > z + 9), NEG)  # cells take the digits 1-9 only
+        masked = input_ids == self.config.mask_token_id
+        tail = masked & ~is_cell  # the sequence ends after the solution: a mask there is [EOS]
+        target = torch.where(tail, self.config.eos_token_id, input_ids)
+        own = torch.full_like(pred, NEG).scatter(-1, target[..., None], 0.0)
+        use_model = (segment == 1) | (masked & is_cell)
+        logits = torch.where(use_model[..., None], pred, own)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+        return MaskedLMOutput(loss=loss, logits=logits)
+
+
+def build_sudoku_tokenizer(model_max_length: int = 2 * CELLS + 2):
+    """Character-level `PreTrainedTokenizerFast`: digits are single tokens, whitespace is dropped.
+
+    ``tok(puzzle)`` gives the 81 cells then [SEP] (the post-processor appends it); with
+    ``add_special_tokens=False`` exactly the 81 cells. ``decode`` joins tokens without spaces.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(vocab=dict(VOCAB), unk_token="[UNK]"))
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                 pre_tokenizers.Split(Regex("."), behavior="isolated")])
+    tok.post_processor = processors.TemplateProcessing(single="$A [SEP]", pair="$A [SEP] $B:1",
+                                                       special_tokens=[("[SEP]", SEP_ID)])
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", sep_token="[SEP]",
+                                   mask_token="[MASK]", eos_token="[EOS]", model_max_length=model_max_length)
+
+
+def save_sudoku_model_dir(path: str | Path, size: str = "cpu", seed: int = 0, **overrides) -> Path:
+    """Write a randomly initialised model (config, safetensors weights) and the tokenizer to path; return it.
+
+    `size` is ``cpu`` (about 0.8M parameters) or ``paper`` (3 layers, width 384, 12 heads: about 5.3M);
+    `overrides` replace config fields (e.g. ``num_hidden_layers=6``, ``layout="full"``).
+    """
+    if size not in SIZES:
+        raise ValueError(f"unknown Sudoku model size {size!r}; choose one of {', '.join(SIZES)}")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = SudokuForMaskedLM(SudokuConfig(**{**SIZES[size], **overrides}))
+    model.save_pretrained(path)
+    build_sudoku_tokenizer().save_pretrained(path)
+    return path

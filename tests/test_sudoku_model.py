@@ -1,0 +1,149 @@
+"""The Sudoku architecture: Auto-class loading, tokenizer contract, layout from tokens, constrained logits."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+import emdm_sampling.architectures as arch
+from emdm_sampling.architectures.sudoku import MASK_ID, NEG, SEP_ID, ZERO_ID
+
+PUZZLE = "530070000600195000098000060800060003400803001700020006060000280000419005000080079"
+SOLUTION = "534678912672195348198342567859761423426853791713924856961537284287419635345286179"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return arch.save_sudoku_model_dir(tmp_path_factory.mktemp("sudoku"), size="cpu", num_hidden_layers=2)
+
+
+@pytest.fixture(scope="module")
+def loaded(ckpt):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    return AutoModelForMaskedLM.from_pretrained(ckpt).eval(), AutoTokenizer.from_pretrained(ckpt)
+
+
+def test_auto_classes_load_the_saved_dir(ckpt, loaded):
+    from transformers import AutoConfig
+
+    model, tok = loaded
+    assert isinstance(model, arch.SudokuForMaskedLM) and AutoConfig.from_pretrained(ckpt).model_type == "emdm_sudoku"
+    assert (ckpt / "model.safetensors").is_file()
+    assert tok.mask_token_id == MASK_ID == model.config.mask_token_id and tok.pad_token_id == model.config.pad_token_id
+
+
+def test_import_twice_is_safe():
+    importlib.reload(arch)
+    from transformers import AutoConfig
+
+    assert AutoConfig.for_model("emdm_sudoku").model_type == "emdm_sudoku"
+
+
+def test_tokenizer_contract(loaded):
+    _, tok = loaded
+    bare = tok(PUZZLE, add_special_tokens=False)["input_ids"]
+    assert len(bare) == 81 and bare == [ZERO_ID + int(c) for c in PUZZLE]
+    assert tok(PUZZLE)["input_ids"] == bare + [SEP_ID]  # the default appends the separator
+    assert tok.decode(bare) == PUZZLE and tok.decode(tok(PUZZLE)["input_ids"], skip_special_tokens=True) == PUZZLE
+    assert tok("5 3\n0")["input_ids"] == [ZERO_ID + 5, ZERO_ID + 3, ZERO_ID, SEP_ID]
+    assert tok.convert_tokens_to_ids(list("0123456789")) == list(range(ZERO_ID, ZERO_ID + 10))
+
+
+def with_masks(tok, sep: bool = True) -> torch.Tensor:
+    """Prompt ids (with or without [SEP]) followed by 81 masks, as the sampler builds them."""
+    return torch.tensor([tok(PUZZLE, add_special_tokens=sep)["input_ids"] + [MASK_ID] * 81])
+
+
+@pytest.mark.parametrize("layout", ["fused", "full"])
+def test_layout_comes_from_tokens(layout, tmp_path):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    path = arch.save_sudoku_model_dir(tmp_path, num_hidden_layers=1, layout=layout)
+    model, tok = AutoModelForMaskedLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    with torch.no_grad():
+        a = model(with_masks(tok, sep=True)).logits[0, 82:]
+        b = model(with_masks(tok, sep=False)).logits[0, 81:]
+        ids = with_masks(tok)
+        padded = torch.cat([torch.full((1, 3), tok.pad_token_id), ids], 1)
+        att = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones_like(ids)], 1)
+        c = model(padded, attention_mask=att, position_ids=torch.arange(166)[None]).logits[0, 85:]
+    assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a, c, atol=1e-5)
+
+
+def test_logits_are_digits_at_cells_and_identity_elsewhere(loaded):
+    model, tok = loaded
+    ids = with_masks(tok)
+    with torch.no_grad():
+        logits = model(ids).logits[0]
+    assert logits.shape == (163, model.config.vocab_size)
+    probs = logits[82:].softmax(-1)
+    assert torch.allclose(probs[:, ZERO_ID + 1:ZERO_ID + 10].sum(-1), torch.ones(81))  # solution cells: 1-9 only
+    assert torch.isfinite(logits).all() and (logits[82:, :ZERO_ID + 1] == NEG).all()
+    assert (logits[:82].argmax(-1) == ids[0, :82]).all()  # given tokens predict themselves
+
+
+def test_canvas_form_and_bad_lengths(loaded):
+    model, _ = loaded
+    canvas = torch.tensor([[ZERO_ID + int(c) if c != "0" else MASK_ID for c in PUZZLE]])
+    with torch.no_grad():
+        out = model(canvas).logits
+    assert out.shape == (1, 81, model.config.vocab_size)
+    assert (out[0, canvas[0] == MASK_ID, :ZERO_ID + 1] == NEG).all()
+    with pytest.raises(ValueError, match="81 or 162 cell tokens"):
+        model(canvas[:, :80])
+
+
+def test_labels_give_a_loss_that_trains(loaded):
+    model, tok = loaded
+    torch.manual_seed(0)
+    model = type(model)(model.config).train()
+    ids = with_masks(tok).repeat(4, 1)
+    labels = torch.full_like(ids, -100)  # learn to copy the clues into the masked solution half
+    labels[:, 82:] = torch.tensor([ZERO_ID + int(s) if p != "0" else -100 for p, s in zip(PUZZLE, SOLUTION)])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(20):
+        loss = model(ids, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(torch.log(torch.tensor(9.0)).item(), abs=0.3) and losses[-1] < losses[0] / 4
+
+
+def test_sizes_and_config_errors(tmp_path):
+    small = arch.SudokuForMaskedLM(arch.SudokuConfig())
+    paper = arch.SudokuForMaskedLM(arch.SudokuConfig(hidden_size=384, num_hidden_layers=3, num_attention_heads=12,
+                                                     intermediate_size=1536))
+    assert 0.7e6 < small.num_parameters() < 1e6 and 5e6 < paper.num_parameters() < 6.5e6
+    with pytest.raises(ValueError, match="layout"):
+        arch.SudokuConfig(layout="diagonal")
+    with pytest.raises(ValueError, match="size"):
+        arch.save_sudoku_model_dir(tmp_path, size="huge")
+
+
+def test_a_mask_past_the_solution_is_eos(loaded):
+    model, tok = loaded
+    ids = torch.cat([with_masks(tok), torch.tensor([[MASK_ID]])], 1)  # the trainer may mask the closing [EOS]
+    labels = torch.full_like(ids, -100)
+    labels[0, -1] = tok.eos_token_id
+    with torch.no_grad():
+        out = model(ids, labels=labels)
+    assert out.logits[0, -1].argmax().item() == tok.eos_token_id and out.loss.item() < 1e-3
+    ends = torch.cat([with_masks(tok), torch.tensor([[tok.eos_token_id]])], 1)
+    with torch.no_grad():
+        assert torch.allclose(model(ends).logits[0, :163], out.logits[0, :163])
+
+
+@pytest.mark.parametrize("layout", ["fused", "full"])
+def test_every_parameter_gets_a_gradient(layout, loaded):
+    _, tok = loaded
+    model = arch.SudokuForMaskedLM(arch.SudokuConfig(num_hidden_layers=1, layout=layout))
+    ids = with_masks(tok)
+    labels = torch.full_like(ids, -100)
+    labels[0, 82:] = torch.tensor([ZERO_ID + int(c) for c in SOLUTION])
+    model(ids, labels=labels).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
