@@ -3,7 +3,7 @@
 Takes exactly lm-eval's arguments (`emdm-eval --model emdm --model_args pretrained=DIR --tasks emdm_demo`). It
 needs no `.pth` hook: it registers the model itself, adds emdm's `tasks/` folder to the task search path (next to
 any `--include_path` you give), and prints emdm's own errors as one line (`error: ...`, exit status 2).
-Also works under `accelerate launch -m emdm_eval ...`.
+Also works under `accelerate launch [--cpu] --num_processes N -m emdm_eval ...`.
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ def _add_task_dir() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from .launch import relaunch_on_cpu, requested_cpu_processes
+
+    nprocs = requested_cpu_processes()
+    if nprocs > 1:  # `accelerate launch --cpu --num_processes N -m emdm_eval`: accelerate started one process
+        return relaunch_on_cpu(nprocs, ["-m", "emdm_eval", *argv])
     from emdm_sampling.errors import EMDMError
 
     from .registration import register

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from emdm_sampling import SamplerConfig, generate, get_sampler, load_denoiser
 from emdm_sampling.errors import ConfigError, EMDMError, InputTooLongError
 
+from .launch import relaunch_on_cpu, requested_cpu_processes
 from .likelihood import elbo_loglikelihood, stable_seed
 from .registration import register as _register
 
@@ -106,6 +107,9 @@ class EMDMLM(TemplateLM):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
+        nprocs = requested_cpu_processes()
+        if nprocs > 1:  # `accelerate launch --cpu --num_processes N` started one process: run N, then stop here
+            raise SystemExit(relaunch_on_cpu(nprocs))
         # lm-eval seeds torch (--seed, default 1234) right before it builds the model: that is our base seed.
         lm_eval_seed = torch.initial_seed()
         args = {k: kwargs.pop(k) for k in list(kwargs) if k in MODEL_ARGS}

@@ -219,15 +219,15 @@ def test_editable_install_batch_size_and_processes_do_not_change_results(install
     for name, extra, launcher in [
         ("bs1", ["--batch_size", "1"], None),
         ("bs4", ["--batch_size", "4"], None),
-        ("dp2", ["--batch_size", "1"], [py, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                                        "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend",
-                                        "no"]),
+        # accelerate itself starts one process for --cpu; emdm re-runs the command as 2 processes (gloo)
+        ("dp2", ["--batch_size", "1"], [py, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]),
     ]:
         out = tmp_path / name
         proc = lm_eval(py, args, "emdm_demo", out, *common, *extra, launcher=launcher)
         assert proc.returncode == 0, (name, proc.stderr[-3000:])
         runs[name] = (results(out), samples(out), proc)
-    assert "(all 2 processes)" in runs["dp2"][2].stderr
+    assert "(all 2 processes)" in runs["dp2"][2].stderr and "running 2 CPU processes" in runs["dp2"][2].stderr
     base_res, base_samples, _ = runs["bs1"]
     check_metrics(base_res, 4)
     gens = [v for (task, _), v in base_samples.items() if task == "samples_emdm_demo_gen"]
