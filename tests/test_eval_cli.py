@@ -52,7 +52,7 @@ def _make_venv(path: Path) -> Path:
     py = path / "bin" / "python"
     purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              check=True, capture_output=True, text=True).stdout.strip()
-    deps = [p for p in site.getsitepackages() if os.path.isdir(p)]
+    deps = [p for p in [*site.getsitepackages(), site.getusersitepackages()] if os.path.isdir(p) and p in sys.path]
     # plain path entries (not site dirs): the venv sees the packages, not the running env's .pth hooks
     Path(purelib, "zz_emdm_test_deps.pth").write_text("\n".join(deps) + "\n")
     return py
