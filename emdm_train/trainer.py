@@ -309,7 +309,7 @@ class Trainer:
         table = torch.zeros(self.vocab_size, dtype=torch.bool)
         table[torch.tensor(ids, dtype=torch.long)] = True
         end = end_token_id(self.tokenizer)
-        if self.cfg.mask_eos and end is not None and end != self.pad_token_id:
+        if self.cfg.mask_eos and end is not None:  # padding is excluded by the attention mask, even if pad == EOS
             table[end] = False
         return table
 
