@@ -233,11 +233,12 @@ def test_generate_chunk_gives_unique_puzzles_of_the_asked_difficulty(difficulty)
         assert strategy_level(r["puzzle"]) == difficulty
 
 
-def test_generate_is_seeded_and_honours_exclude():
+def test_generate_is_seeded_extends_and_honours_exclude():
     a = list(S.generate(6, seed=2, chunk=4))
     assert a == list(S.generate(6, seed=2, chunk=4)) and a != list(S.generate(6, seed=3, chunk=4))
-    skip = {a[0]["puzzle"]}
-    assert [r["puzzle"] for r in S.generate(6, seed=2, chunk=4, exclude=skip)][:5] == [r["puzzle"] for r in a[1:]]
+    assert list(S.generate(3, seed=2, chunk=4)) == a[:3]  # a longer run extends a shorter one
+    b = list(S.generate(6, seed=2, chunk=4, exclude={a[0]["puzzle"], a[5]["puzzle"]}))
+    assert len(b) == 6 and b[:4] == a[1:5] and a[0] not in b and a[5] not in b
 
 
 def test_min_clues_stops_removal():

@@ -185,7 +185,10 @@ def solved_by_logic(grids: np.ndarray, level: int = LEVEL_SUBSETS) -> np.ndarray
 
 
 def rate(puzzles: Sequence[str] | np.ndarray) -> list[str]:
-    """Label each puzzle 'easy', 'medium' or 'hard' by the simplest strategy level that solves it."""
+    """Label each puzzle 'easy', 'medium' or 'hard' by the simplest strategy level that solves it.
+
+    'hard' only means the strategies stall: check uniqueness separately (`count_solutions`) for foreign puzzles.
+    """
     grids = as_grids(puzzles)
     cand = logic_solve(candidates(grids), LEVEL_SINGLES)
     easy = _status(cand)[0]
@@ -310,13 +313,23 @@ def _parse_difficulties(difficulties: str | Iterable[str]) -> tuple[str, ...]:
     return names
 
 
+def _level(wanted: tuple[str, ...]) -> int | None:
+    """The removal test for a set of difficulties: strategy level, or None for uniqueness by search."""
+    return None if "hard" in wanted else LEVEL_SUBSETS if "medium" in wanted else LEVEL_SINGLES
+
+
+def _default_batch(wanted: tuple[str, ...]) -> int:
+    """Grids per vectorised batch: large for the strategy solver, smaller when search is involved."""
+    return 64 if _level(wanted) is None else 512
+
+
 def generate_chunk(n: int, seed: int | Sequence[int], difficulties: str | Iterable[str] = ("easy", "medium"),
                    min_clues: int = 17, batch: int | None = None) -> list[dict]:
-    """Generate exactly n puzzles of the given difficulties from one seed (one batch after another)."""
+    """Generate n puzzles of the given difficulties from one seed, batch after batch (fewer n: a prefix)."""
     wanted = _parse_difficulties(difficulties)
-    level = None if "hard" in wanted else LEVEL_SUBSETS if "medium" in wanted else LEVEL_SINGLES
+    level = _level(wanted)
     rng = np.random.default_rng(seed)
-    batch = batch or max(16, min(n, 512) if level else min(n, 64))
+    batch = batch or _default_batch(wanted)
     out: list[dict] = []
     while len(out) < n:
         solutions = random_grids(batch, rng)
@@ -335,19 +348,23 @@ def record(puzzle: str, solution: str, difficulty: str) -> dict:
 
 
 def _chunk_job(args: tuple) -> list[dict]:
-    """Pool worker: one chunk from (n, seed, chunk index, difficulties, min_clues)."""
-    n, seed, index, difficulties, min_clues = args
-    return generate_chunk(n, (seed, index), difficulties, min_clues)
+    """Pool worker: one chunk from (n, seed, chunk index, difficulties, min_clues, batch)."""
+    n, seed, index, difficulties, min_clues, batch = args
+    return generate_chunk(n, (seed, index), difficulties, min_clues, batch)
 
 
 def generate(n: int, seed: int = 0, difficulties: str | Iterable[str] = ("easy", "medium"), min_clues: int = 17,
              workers: int = 1, chunk: int = 1000, exclude: Iterable[str] = ()) -> Iterable[dict]:
-    """Yield n puzzle records; the output depends on (n, seed, difficulties, min_clues, chunk), not on workers."""
+    """Yield n puzzle records, chunk by chunk (chunk i seeded by (seed, i)).
+
+    The output depends on (seed, difficulties, min_clues, chunk), not on workers; a larger n extends a smaller one.
+    """
     if n < 0 or chunk < 1 or workers < 1:
         raise ValueError("n must be >= 0, chunk and workers >= 1")
     wanted = _parse_difficulties(difficulties)
     skip = set(exclude)
-    jobs = [(chunk, seed, i, wanted, min_clues) for i in range(-(-n // chunk) if n else 0)]
+    batch = min(_default_batch(wanted), chunk)
+    jobs = [(min(chunk, n - start), seed, i, wanted, min_clues, batch) for i, start in enumerate(range(0, n, chunk))]
     left = n
     if workers == 1:
         results = map(_chunk_job, jobs)
@@ -365,6 +382,13 @@ def generate(n: int, seed: int = 0, difficulties: str | Iterable[str] = ("easy",
     finally:
         if workers > 1:
             pool.terminate()
+    index = len(jobs)
+    while left:  # excluded puzzles are replaced from further chunks
+        for rec in _chunk_job((min(chunk, left), seed, index, wanted, min_clues, batch)):
+            if left and rec["puzzle"] not in skip:
+                left -= 1
+                yield rec
+        index += 1
 
 
 def load_puzzles(paths: Iterable[str | Path]) -> set[str]:
