@@ -147,3 +147,14 @@ def test_every_parameter_gets_a_gradient(layout, loaded):
     labels[0, 82:] = torch.tensor([ZERO_ID + int(c) for c in SOLUTION])
     model(ids, labels=labels).loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_cli_writes_an_init_dir(tmp_path, capsys):
+    from emdm_sampling.architectures.sudoku import main
+
+    main([str(tmp_path / "m"), "--size", "cpu", "--layers", "2", "--hidden", "64", "--heads", "2"])
+    assert "parameters" in capsys.readouterr().out
+    cfg = arch.SudokuConfig.from_pretrained(tmp_path / "m")
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.layout) == (2, 64, 256, "fused")
+    with pytest.raises(SystemExit, match="divisible"):
+        main([str(tmp_path / "bad"), "--hidden", "65"])

@@ -214,3 +214,32 @@ def save_sudoku_model_dir(path: str | Path, size: str = "cpu", seed: int = 0, **
     model.save_pretrained(path)
     build_sudoku_tokenizer().save_pretrained(path)
     return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: write a randomly initialised Sudoku model directory (for `emdm_train --model DIR --from-scratch`)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m emdm_sampling.architectures", description=main.__doc__)
+    ap.add_argument("out", help="directory to write (config.json, model.safetensors, tokenizer)")
+    ap.add_argument("--size", default="cpu", choices=sorted(SIZES))
+    ap.add_argument("--layout", default="fused", choices=["fused", "full"])
+    ap.add_argument("--layers", type=int, help="num_hidden_layers (default: the size's)")
+    ap.add_argument("--hidden", type=int, help="hidden_size (default: the size's; intermediate is 4x)")
+    ap.add_argument("--heads", type=int, help="num_attention_heads (default: the size's)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    over: dict = {"layout": args.layout}
+    if args.layers:
+        over["num_hidden_layers"] = args.layers
+    if args.hidden:
+        over.update(hidden_size=args.hidden, intermediate_size=4 * args.hidden)
+    if args.heads:
+        over["num_attention_heads"] = args.heads
+    try:
+        path = save_sudoku_model_dir(args.out, args.size, args.seed, **over)
+    except (ValueError, OSError) as err:
+        raise SystemExit(f"error: {err}")
+    n = sum(p.numel() for p in SudokuForMaskedLM.from_pretrained(path).parameters())
+    print(f"wrote {path} ({n / 1e6:.2f}M parameters)")
+
