@@ -259,7 +259,9 @@ class Trainer:
         self.forward_logits = logits_function(self.model, self.model.config)
         self.vocab_size = model_vocab_size(self.model, self.tokenizer)
         pad = self.tokenizer.pad_token_id
-        self.pad_token_id = int(pad if pad is not None else (end_token_id(self.tokenizer) or self.mask_token_id))
+        if pad is None:
+            pad = end_token_id(self.tokenizer)
+        self.pad_token_id = int(pad if pad is not None else self.mask_token_id)
 
     def _build_surprise(self, data: DataBundle, resume_dir: Path | None) -> SurpriseTable:
         cfg = self.cfg
