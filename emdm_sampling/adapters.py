@@ -212,6 +212,27 @@ def _looks_local(path: str) -> bool:
     return path.startswith((".", "/", "~")) or path.count("/") > 1
 
 
+EMBEDDED_DIR = Path(__file__).resolve().parent / "checkpoints"
+
+
+def available_embedded() -> list[str]:
+    """Names of the checkpoints shipped inside the package (usable as `pretrained=emdm:NAME`)."""
+    if not EMBEDDED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in EMBEDDED_DIR.iterdir() if (p / "config.json").exists())
+
+
+def resolve_embedded(path: str) -> str:
+    """`emdm:NAME` -> the directory of the embedded checkpoint NAME; other strings unchanged."""
+    if not path.startswith("emdm:"):
+        return path
+    name = path[len("emdm:"):]
+    if name not in available_embedded():
+        raise CheckpointError(f"no embedded checkpoint {name!r}; embedded checkpoints: "
+                              f"{', '.join(available_embedded()) or 'none'}")
+    return str(EMBEDDED_DIR / name)
+
+
 def _pick_adapter(config: Any, adapter: str | None) -> type[Denoiser]:
     if adapter is not None:
         if adapter not in _ADAPTERS:
@@ -232,7 +253,7 @@ def load_denoiser(pretrained: str | os.PathLike, adapter: str | None = None, dev
 
     _register_architectures()
 
-    path = str(pretrained)
+    path = resolve_embedded(str(pretrained))
     expanded = os.path.expanduser(path)
     if os.path.isdir(expanded):
         path = expanded

@@ -107,3 +107,12 @@ def test_prompt_longer_than_the_model_says_what_to_do(tmp_path):
     den = load_denoiser(build_tiny_checkpoint(tmp_path / "short", "bert", max_length=16))
     with pytest.raises(InputTooLongError, match="exceeds the model's maximum length 16; shorten"):
         generate(den, [[5] * 10], sampler="margin", steps=4, gen_length=8)
+
+
+def test_unknown_embedded_checkpoint_lists_the_embedded_ones():
+    from emdm_sampling.adapters import available_embedded
+
+    with pytest.raises(CheckpointError, match="no embedded checkpoint 'nope'; embedded checkpoints: "):
+        load_denoiser("emdm:nope")
+    for name in available_embedded():
+        assert load_denoiser(f"emdm:{name}").path.endswith(name)
