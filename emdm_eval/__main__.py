@@ -42,7 +42,7 @@ def _add_task_dir() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from .launch import relaunch_on_cpu, requested_cpu_processes
+    from emdm_sampling.cpu_launch import relaunch_on_cpu, requested_cpu_processes
 
     nprocs = requested_cpu_processes()
     if nprocs > 1:  # `accelerate launch --cpu --num_processes N -m emdm_eval`: accelerate started one process

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from emdm_sampling import SamplerConfig, generate, get_sampler, load_denoiser
 from emdm_sampling.errors import ConfigError, EMDMError, InputTooLongError
 
-from .launch import relaunch_on_cpu, requested_cpu_processes
+from emdm_sampling.cpu_launch import relaunch_on_cpu, requested_cpu_processes
 from .likelihood import elbo_loglikelihood, stable_seed
 from .registration import register as _register
 

@@ -10,14 +10,14 @@ def main(argv: list[str] | None = None) -> int:
     from emdm_sampling.errors import EMDMError
 
     from .config import parse_args
-    from .launch import relaunch_on_cpu, requested_cpu_processes
+    from emdm_sampling.cpu_launch import relaunch_on_cpu, requested_cpu_processes
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         cfg = parse_args(argv)
         nprocs = requested_cpu_processes()
         if nprocs > 1:
-            return relaunch_on_cpu(nprocs, argv)
+            return relaunch_on_cpu(nprocs, ["-m", "emdm_train", *argv])
         from .trainer import train
 
         train(cfg)

@@ -1,11 +1,10 @@
-"""Make `accelerate launch --cpu --num_processes N -m lm_eval --model emdm ...` run N processes.
+"""Make `accelerate launch --cpu --num_processes N ...` really run N processes (training and evaluation).
 
-accelerate (1.x) starts a single process for `--cpu` (several CPU processes need `mpirun` and a host file), so that
-command would silently evaluate with one process. When emdm finds itself started that way (the launcher's
-`ACCELERATE_USE_CPU` and `MASTER_ADDR` are set, there is no `WORLD_SIZE`, and the parent `accelerate launch` asked
-for N > 1 processes), it runs the same command again under `torch.distributed.run` with N CPU processes (gloo) and
-exits with its status: what `accelerate launch --multi_gpu` does on GPUs. `EMDM_EVAL_NO_RELAUNCH=1` turns this off.
-(emdm_train does the same for training; see emdm_train/launch.py.)
+accelerate (1.x) starts a single process for `--cpu` (several CPU processes need `mpirun` and a host file), so such
+a command would silently run with one process. When emdm finds itself started that way (the launcher's
+`ACCELERATE_USE_CPU` and `MASTER_ADDR` are set, there is no `WORLD_SIZE`, and the parent `accelerate launch` asked for
+N > 1 processes), it runs the same command again under `torch.distributed.run` with N CPU processes (gloo) and exits
+with its status: what `accelerate launch --multi_gpu` does on GPUs. `EMDM_NO_RELAUNCH=1` turns this off.
 """
 
 from __future__ import annotations
@@ -15,6 +14,8 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+
+NO_RELAUNCH_ENV = "EMDM_NO_RELAUNCH"
 
 
 def _flag_value(args: list[str], names: tuple[str, ...]) -> str | None:
@@ -28,7 +29,7 @@ def _flag_value(args: list[str], names: tuple[str, ...]) -> str | None:
 
 
 def _launcher_flags(cmdline: list[str]) -> list[str]:
-    """The `accelerate launch` flags: after `launch`, before the launched module (`-m`) if any."""
+    """The `accelerate launch` flags: after `launch`, before the launched module (`-m`) or script."""
     start = next((i + 1 for i, a in enumerate(cmdline[:4]) if "launch" in a), 0)
     rest = cmdline[start:]
     for i, a in enumerate(rest):
@@ -40,7 +41,7 @@ def _launcher_flags(cmdline: list[str]) -> list[str]:
 def requested_cpu_processes() -> int:
     """Processes the parent `accelerate launch --cpu` asked for (1 when not launched that way or unknown)."""
     env = os.environ
-    if env.get("EMDM_EVAL_NO_RELAUNCH") == "1" or "WORLD_SIZE" in env or "LOCAL_RANK" in env:
+    if env.get(NO_RELAUNCH_ENV) == "1" or "WORLD_SIZE" in env or "LOCAL_RANK" in env:
         return 1
     if env.get("ACCELERATE_USE_CPU", "").lower() not in ("true", "1") or "MASTER_ADDR" not in env:
         return 1
@@ -94,9 +95,9 @@ def _this_command() -> list[str]:
 
 
 def relaunch_on_cpu(nprocs: int, command: list[str] | None = None) -> int:
-    """Run this command as `nprocs` CPU processes under torch.distributed.run; return its exit status."""
+    """Run `command` (default: this one) as `nprocs` CPU processes under torch.distributed.run; return its status."""
     command = command if command is not None else _this_command()
-    env = dict(os.environ, ACCELERATE_USE_CPU="True", EMDM_EVAL_NO_RELAUNCH="1")
+    env = dict(os.environ, ACCELERATE_USE_CPU="True", **{NO_RELAUNCH_ENV: "1"})
     env.setdefault("OMP_NUM_THREADS", "1")
     for name in ("MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
