@@ -59,8 +59,6 @@ class Denoiser:
         self.path = path
         self.surprise = surprise
         self.forward_calls = 0
-        self._takes_position_ids = self._uses_absolute_positions() and (
-            "position_ids" in inspect.signature(model.forward).parameters)
 
     # -- construction -------------------------------------------------------------------------------------------
     @classmethod
@@ -79,8 +77,7 @@ class Denoiser:
         tok_id = getattr(tokenizer, "mask_token_id", None)
         return tok_id if tok_id is not None else getattr(config, "mask_token_id", None)
 
-    def _uses_absolute_positions(self) -> bool:
-        return True
+    uses_absolute_positions = True  # rotary models (LLaDA, Dream) are unaffected by a constant position shift
 
     # -- inference ----------------------------------------------------------------------------------------------
     @property
@@ -93,12 +90,15 @@ class Denoiser:
             self.model, "get_output_embeddings") and self.model.get_output_embeddings() is not None else int(
             self.model.config.vocab_size)
 
-    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def forward_logits(cls, model: torch.nn.Module, input_ids: torch.Tensor,
+                       attention_mask: torch.Tensor) -> torch.Tensor:
+        """The network's logits aligned so that `[:, i]` predicts token i (with autograd: the trainer uses it)."""
         kwargs: dict[str, torch.Tensor] = {"attention_mask": attention_mask}
-        if self._takes_position_ids:
+        if cls.uses_absolute_positions and "position_ids" in inspect.signature(model.forward).parameters:
             # Left padding must not shift absolute positions: count positions from each row's first real token.
             kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        return self.model(input_ids=input_ids, **kwargs).logits
+        return model(input_ids=input_ids, **kwargs).logits
 
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -106,7 +106,7 @@ class Denoiser:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         self.forward_calls += 1
-        return self._forward(input_ids.to(self.device), attention_mask.to(self.device)).float()
+        return self.forward_logits(self.model, input_ids.to(self.device), attention_mask.to(self.device)).float()
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(path={self.path!r}, mask_token_id={self.mask_token_id}, "
@@ -156,8 +156,7 @@ class LLaDADenoiser(Denoiser):
         cfg_id = getattr(config, "mask_token_id", None)
         return cfg_id if cfg_id is not None else LLADA_MASK_TOKEN_ID
 
-    def _uses_absolute_positions(self) -> bool:
-        return False  # rotary positions: a constant shift from left padding does not change attention
+    uses_absolute_positions = False
 
 
 @register_adapter("dream")
@@ -173,8 +172,10 @@ class DreamDenoiser(LLaDADenoiser):
     def default_mask_token_id(cls, config: Any, tokenizer: Any) -> int | None:
         return Denoiser.default_mask_token_id(config, tokenizer)
 
-    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        logits = super()._forward(input_ids, attention_mask)
+    @classmethod
+    def forward_logits(cls, model: torch.nn.Module, input_ids: torch.Tensor,
+                       attention_mask: torch.Tensor) -> torch.Tensor:
+        logits = super().forward_logits(model, input_ids, attention_mask)
         return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
 
 
@@ -233,7 +234,8 @@ def resolve_embedded(path: str) -> str:
     return str(EMBEDDED_DIR / name)
 
 
-def _pick_adapter(config: Any, adapter: str | None) -> type[Denoiser]:
+def adapter_for(config: Any, adapter: str | None = None) -> type[Denoiser]:
+    """The adapter class for a checkpoint config: `adapter` if given, else the registered one that matches."""
     if adapter is not None:
         if adapter not in _ADAPTERS:
             raise ConfigError(f"unknown adapter {adapter!r}; registered adapters: {', '.join(available_adapters())}")
@@ -275,7 +277,7 @@ def load_denoiser(pretrained: str | os.PathLike, adapter: str | None = None, dev
     except OSError as exc:
         raise CheckpointError(f"cannot load {path}: {str(exc).splitlines()[0]} (offline? give a local "
                               f"directory)") from None
-    cls = _pick_adapter(config, adapter)
+    cls = adapter_for(config, adapter)
     if cls is not MaskedLMDenoiser and not trust_remote_code and getattr(config, "auto_map", None):
         raise CheckpointError(f"{path} is a {cls.name}-style checkpoint with its own model code; pass "
                               f"trust_remote_code=True if you trust it")

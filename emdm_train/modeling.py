@@ -135,16 +135,10 @@ def load_model(name: str, config: Any, pretrained: bool, trust_remote_code: bool
 
 
 def resolve_mask_token(tokenizer: Any, config: Any, requested: int | None, name: str) -> int:
-    """The mask id: --mask-token-id, else the tokenizer's, else `config.mask_token_id` (LLaDA: 126336)."""
-    from emdm_sampling.adapters import LLADA_MASK_TOKEN_ID, LLaDADenoiser
+    """The mask id: --mask-token-id, else what the checkpoint's adapter finds (tokenizer or config; LLaDA: 126336)."""
+    from emdm_sampling.adapters import adapter_for
 
-    mask_id = requested
-    if mask_id is None:
-        mask_id = getattr(tokenizer, "mask_token_id", None)
-    if mask_id is None:
-        mask_id = getattr(config, "mask_token_id", None)
-    if mask_id is None and LLaDADenoiser.matches(config) and not _is_dream(config):
-        mask_id = LLADA_MASK_TOKEN_ID
+    mask_id = requested if requested is not None else adapter_for(config).default_mask_token_id(config, tokenizer)
     if mask_id is None:
         raise TrainError(f"model {name} has no mask token (its tokenizer defines no mask_token and its config no "
                          f"mask_token_id); pass --mask-token-id ID or --add-mask-token")
@@ -165,26 +159,12 @@ def add_mask_token(tokenizer: Any, model: torch.nn.Module) -> None:
         model.resize_token_embeddings(len(tokenizer))
 
 
-def _is_dream(config: Any) -> bool:
-    from emdm_sampling.adapters import DreamDenoiser
-
-    return DreamDenoiser.matches(config)
-
-
 def logits_function(model: torch.nn.Module, config: Any) -> Callable[[torch.nn.Module, torch.Tensor, torch.Tensor],
                                                                      torch.Tensor]:
-    """A function (model, input_ids, attention_mask) -> logits [B, L, V] with logits[:, i] predicting token i."""
-    if _is_dream(config):
-        def dream(m: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-            logits = m(input_ids=ids, attention_mask=attn).logits
-            return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # undo Dream's shift by one
+    """(model, input_ids, attention_mask) -> logits [B, L, V] with logits[:, i] predicting token i: the adapter's."""
+    from emdm_sampling.adapters import adapter_for
 
-        return dream
-
-    def plain(m: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        return m(input_ids=ids, attention_mask=attn).logits
-
-    return plain
+    return adapter_for(config).forward_logits
 
 
 def model_vocab_size(model: torch.nn.Module, tokenizer: Any) -> int:
