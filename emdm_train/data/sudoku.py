@@ -11,6 +11,9 @@
 Clue removal keeps a clue only while the puzzle stays solvable: for easy/medium puzzles by the strategy solver
 (a strategy-solvable puzzle has exactly one solution, as every strategy step is a sound deduction), for hard
 puzzles by the backtracking counter. Grids are flat 81-cell arrays in row-major order, 0 = blank.
+
+`size` (default 9) also gives 4x4 puzzles (2x2 boxes, digits 1-4, 16-cell grids, ``--size 4``); every function
+reads the size from the shapes it is given, and 9x9 output is unchanged by the option.
 """
 
 from __future__ import annotations
@@ -20,78 +23,131 @@ import itertools
 import json
 import sys
 import time
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
 DIFFICULTIES = ("easy", "medium", "hard")
+SIZES = (4, 9)  # grid side: 4x4 with 2x2 boxes, 9x9 with 3x3 boxes
 _DIGIT_CHARS = set("0123456789")
 LEVEL_SINGLES, LEVEL_SUBSETS = 1, 2
 
+
 # --- board geometry ---------------------------------------------------------------------------------------------
-_CELL = np.arange(81)
-_ROW, _COL = _CELL // 9, _CELL % 9
-_BOX = (_ROW // 3) * 3 + _COL // 3
-# three partitions of the 81 cells into units: rows, columns, boxes; _PART[k] lists the cells unit by unit
-_PART = np.stack([np.argsort(key * 81 + _CELL) for key in (_ROW, _COL, _BOX)])
-_UNITS = _PART.reshape(27, 9)  # unit u's nine cells
-_PART_INV = np.argsort(_PART, axis=1)
-_POW2 = (1 << np.arange(9)).astype(np.int16)
-_POPCOUNT = np.array([bin(i).count("1") for i in range(512)], dtype=np.int8)
-_COMBOS = {k: np.array(list(itertools.combinations(range(9), k))) for k in (2, 3)}
-_NOTIN = {k: ~np.eye(9, dtype=bool)[c].any(1) for k, c in _COMBOS.items()}  # [C, 9]: slot j not in combo c
+@dataclass(frozen=True, eq=False)
+class Geometry:
+    """Index tables of an n x n board (n = 4 or 9): cells, the 3n units and the strategies' bit tables."""
+
+    n: int  # side = digits = cells per unit
+    box: int  # box side (sqrt n)
+    cells: int  # n * n
+    part: np.ndarray  # [3, cells]: rows, columns, boxes; part[k] lists the cells unit by unit
+    units: np.ndarray  # [3n, n]: unit u's cells
+    part_inv: np.ndarray  # [3, cells]
+    pow2: np.ndarray  # [n] int16 bit of each digit
+    popcount: np.ndarray  # [2^n] int8
+    full: int  # bit mask of all n digits
+    combos: dict  # k -> [C, k] index combinations of n slots (k = 2, 3)
+    notin: dict  # k -> [C, n]: slot j not in combo c
 
 
-# --- candidate arrays: bool [B, 81, 9] ------------------------------------------------------------------------
-def as_grids(puzzles: Sequence[str] | np.ndarray) -> np.ndarray:
-    """Return puzzles (81-char strings or an int array) as an int8 array [B, 81]; raise on bad input."""
+@lru_cache(maxsize=None)
+def geometry(size: int = 9) -> Geometry:
+    """Return the (cached) geometry of a size x size board; raise ValueError for a size other than 4 or 9."""
+    if size not in SIZES:
+        raise ValueError(f"unknown Sudoku size {size!r}; choose 4 (2x2 boxes) or 9 (3x3 boxes)")
+    box, cells = int(round(size ** 0.5)), size * size
+    cell = np.arange(cells)
+    row, col = cell // size, cell % size
+    boxes = (row // box) * box + col // box
+    part = np.stack([np.argsort(key * cells + cell) for key in (row, col, boxes)])
+    combos = {k: np.array(list(itertools.combinations(range(size), k))) for k in (2, 3)}
+    return Geometry(n=size, box=box, cells=cells, part=part, units=part.reshape(3 * size, size),
+                    part_inv=np.argsort(part, axis=1), pow2=(1 << np.arange(size)).astype(np.int16),
+                    popcount=np.array([bin(i).count("1") for i in range(1 << size)], dtype=np.int8),
+                    full=(1 << size) - 1, combos=combos,
+                    notin={k: ~np.eye(size, dtype=bool)[c].any(1) for k, c in combos.items()})
+
+
+def size_of_cells(cells: int) -> int:
+    """Return the board side for a grid of `cells` cells (16 -> 4, 81 -> 9); raise ValueError otherwise."""
+    for size in SIZES:
+        if size * size == cells:
+            return size
+    raise ValueError(f"a Sudoku grid is 81 digits (16 for 4x4; 0 = blank); got {cells}")
+
+
+def _geo(cand: np.ndarray) -> Geometry:
+    """The geometry of a candidate array [B, cells, n]."""
+    return geometry(cand.shape[-1])
+
+
+# --- candidate arrays: bool [B, cells, n] ----------------------------------------------------------------------
+def as_grids(puzzles: Sequence[str] | np.ndarray, size: int | None = None) -> np.ndarray:
+    """Return puzzles (81- or 16-char strings, or an int array) as an int8 array [B, cells]; raise on bad input.
+
+    The size comes from the length (81: 9x9, 16: 4x4) unless `size` is given.
+    """
     if isinstance(puzzles, np.ndarray):
-        grids = puzzles.reshape(-1, 81) if puzzles.size % 81 == 0 else puzzles
+        cells = size * size if size else (puzzles.shape[-1] if puzzles.shape[-1:] == (16,) else 81)
+        grids = puzzles.reshape(-1, cells) if puzzles.size % cells == 0 else puzzles
     else:
+        puzzles = list(puzzles)
+        first = puzzles[0] if puzzles else ""
+        cells = size * size if size else (16 if isinstance(first, str) and len(first) == 16 else 81)
         for p in puzzles:
-            if not isinstance(p, str) or len(p) != 81 or not set(p) <= _DIGIT_CHARS:
-                raise ValueError(f"a Sudoku grid is 81 digits (0 = blank); got {p!r}")
-        grids = np.frombuffer("".join(puzzles).encode(), dtype=np.uint8).reshape(-1, 81) - ord("0")
-    if grids.ndim != 2 or grids.shape[1] != 81 or grids.min(initial=0) < 0 or grids.max(initial=0) > 9:
-        raise ValueError(f"Sudoku grids must be [B, 81] with values 0-9; got shape {grids.shape}")
+            if not isinstance(p, str) or len(p) != cells or not set(p) <= _DIGIT_CHARS:
+                what = "81 digits" if cells == 81 else f"{cells} digits"
+                raise ValueError(f"a Sudoku grid is {what} (0 = blank); got {p!r}")
+        grids = np.frombuffer("".join(puzzles).encode(), dtype=np.uint8).reshape(-1, cells) - ord("0")
+    if grids.ndim != 2 or grids.shape[1] not in (16, 81):
+        raise ValueError(f"Sudoku grids must be [B, 81] (or [B, 16] for 4x4) with values 0-9; got shape {grids.shape}")
+    n = size_of_cells(grids.shape[1])
+    if grids.min(initial=0) < 0 or grids.max(initial=0) > n:
+        raise ValueError(f"Sudoku grids of side {n} take values 0-{n}; got {grids.min()}-{grids.max()}")
     return grids.astype(np.int8)
 
 
 def to_strings(grids: np.ndarray) -> list[str]:
-    """Return an int array [B, 81] as 81-character digit strings."""
-    flat = (np.asarray(grids, dtype=np.uint8).reshape(-1, 81) + ord("0")).tobytes().decode()
-    return [flat[i:i + 81] for i in range(0, len(flat), 81)]
+    """Return an int array [B, cells] (81 or 16) as digit strings."""
+    grids = np.asarray(grids, dtype=np.uint8)
+    cells = 16 if grids.shape[-1:] == (16,) else 81
+    flat = (grids.reshape(-1, cells) + ord("0")).tobytes().decode()
+    return [flat[i:i + cells] for i in range(0, len(flat), cells)]
 
 
 def candidates(grids: np.ndarray) -> np.ndarray:
-    """Return the candidate array [B, 81, 9] of grids [B, 81]: a given is its one digit, a blank is all nine."""
-    onehot = np.eye(10, dtype=bool)[grids][..., 1:]
+    """Return the candidate array [B, cells, n] of grids [B, cells]: a given is its one digit, a blank is all n."""
+    n = size_of_cells(grids.shape[-1])
+    onehot = np.eye(n + 1, dtype=bool)[grids][..., 1:]
     return np.where((grids > 0)[..., None], onehot, True)
 
 
 def _to_units(cand: np.ndarray) -> np.ndarray:
-    """View cand [B, 81, 9] unit by unit: [B, 27, 9 cells, 9 digits]."""
-    return cand[:, _UNITS]
+    """View cand [B, cells, n] unit by unit: [B, 3n, n cells, n digits]."""
+    return cand[:, _geo(cand).units]
 
 
 def _from_units_and(units: np.ndarray) -> np.ndarray:
-    """AND the three partition views [B, 27, 9, 9] back into one candidate array [B, 81, 9]."""
-    b = units.shape[0]
-    parts = units.reshape(b, 3, 81, 9)
-    return parts[:, 0][:, _PART_INV[0]] & parts[:, 1][:, _PART_INV[1]] & parts[:, 2][:, _PART_INV[2]]
+    """AND the three partition views [B, 3n, n, n] back into one candidate array [B, cells, n]."""
+    g = geometry(units.shape[-1])
+    parts = units.reshape(units.shape[0], 3, g.cells, g.n)
+    return parts[:, 0][:, g.part_inv[0]] & parts[:, 1][:, g.part_inv[1]] & parts[:, 2][:, g.part_inv[2]]
 
 
 def _from_units_or(units: np.ndarray) -> np.ndarray:
-    """OR the three partition views [B, 27, 9, 9] back into one array [B, 81, 9]."""
-    b = units.shape[0]
-    parts = units.reshape(b, 3, 81, 9)
-    return parts[:, 0][:, _PART_INV[0]] | parts[:, 1][:, _PART_INV[1]] | parts[:, 2][:, _PART_INV[2]]
+    """OR the three partition views [B, 3n, n, n] back into one array [B, cells, n]."""
+    g = geometry(units.shape[-1])
+    parts = units.reshape(units.shape[0], 3, g.cells, g.n)
+    return parts[:, 0][:, g.part_inv[0]] | parts[:, 1][:, g.part_inv[1]] | parts[:, 2][:, g.part_inv[2]]
 
 
 def _singles_step(cand: np.ndarray) -> np.ndarray:
     """One round of naked singles (eliminate placed digits from peers) then hidden singles."""
-    placed = _to_units(cand & (cand.sum(-1, dtype=np.uint8) == 1)[..., None])  # [B, 27, 9, 9]
+    placed = _to_units(cand & (cand.sum(-1, dtype=np.uint8) == 1)[..., None])  # [B, 3n, n, n]
     seen_elsewhere = placed.sum(2, dtype=np.uint8, keepdims=True) - placed > 0
     cand = cand & ~_from_units_or(seen_elsewhere)
     units = _to_units(cand)
@@ -100,45 +156,49 @@ def _singles_step(cand: np.ndarray) -> np.ndarray:
 
 
 def _subset_elim(units: np.ndarray) -> np.ndarray:
-    """Naked pairs/triples along the last axis of units [B, 27, 9 slots, 9 values]: eliminated bits [B, 27, 9]."""
-    masks = (units * _POW2).sum(-1, dtype=np.int16)  # [B, 27, 9] value set of each slot
-    masks = np.where(_POPCOUNT[masks] >= 2, masks, 0x1FF)  # a settled slot never joins a subset
+    """Naked pairs/triples along the last axis of units [B, 3n, n slots, n values]: eliminated bits [B, 3n, n]."""
+    g = geometry(units.shape[-1])
+    masks = (units * g.pow2).sum(-1, dtype=np.int16)  # [B, 3n, n] value set of each slot
+    masks = np.where(g.popcount[masks] >= 2, masks, g.full)  # a settled slot never joins a subset
     elim = np.zeros(masks.shape, dtype=np.int16)
-    for k, combos in _COMBOS.items():
-        union = np.bitwise_or.reduce(masks[..., combos], axis=-1)  # [B, 27, C]
-        b, u, c = np.nonzero(_POPCOUNT[union] == k)
+    for k, combos in g.combos.items():
+        union = np.bitwise_or.reduce(masks[..., combos], axis=-1)  # [B, 3n, C]
+        b, u, c = np.nonzero(g.popcount[union] == k)
         if b.size:
-            hit, slot = np.nonzero(_NOTIN[k][c])  # every slot outside the subset loses the subset's values
+            hit, slot = np.nonzero(g.notin[k][c])  # every slot outside the subset loses the subset's values
             np.bitwise_or.at(elim, (b[hit], u[hit], slot), union[b, u, c][hit])
     return elim
 
 
-def _bits(masks: np.ndarray) -> np.ndarray:
-    """Expand int bit masks [...] into bool [..., 9]."""
-    return ((masks[..., None] >> np.arange(9)) & 1).astype(bool)
+def _bits(masks: np.ndarray, n: int = 9) -> np.ndarray:
+    """Expand int bit masks [...] into bool [..., n]."""
+    return ((masks[..., None] >> np.arange(n)) & 1).astype(bool)
 
 
 def _locked_rows(cand: np.ndarray) -> np.ndarray:
     """Locked candidates between rows and boxes (pointing and claiming): cand with those eliminations applied."""
-    b = cand.shape[0]
-    grid = cand.reshape(b, 3, 3, 3, 3, 9)  # band, row in band, stack, column in stack, digit
+    b, g = cand.shape[0], _geo(cand)
+    k = g.box
+    grid = cand.reshape(b, k, k, k, k, g.n)  # band, row in band, stack, column in stack, digit
     seg = grid.any(4)  # [B, band, r, stack, d]: digit d possible in the row segment
     point = seg & (seg.sum(2, keepdims=True) == 1)  # box confines d to one row
     claim = seg & (seg.sum(3, keepdims=True) == 1)  # row confines d to one box
     elim = (point.sum(3, keepdims=True) - point > 0) | (claim.sum(2, keepdims=True) - claim > 0)
-    return (grid & ~elim[:, :, :, :, None, :]).reshape(b, 81, 9)
+    return (grid & ~elim[:, :, :, :, None, :]).reshape(b, g.cells, g.n)
 
 
 def _transpose(cand: np.ndarray) -> np.ndarray:
-    """Swap rows and columns of cand [B, 81, 9]."""
-    return cand.reshape(-1, 9, 9, 9).swapaxes(1, 2).reshape(-1, 81, 9)
+    """Swap rows and columns of cand [B, cells, n]."""
+    n = cand.shape[-1]
+    return cand.reshape(-1, n, n, n).swapaxes(1, 2).reshape(-1, n * n, n)
 
 
 def _subsets_step(cand: np.ndarray) -> np.ndarray:
     """One round of naked and hidden pairs/triples and locked candidates."""
+    n = cand.shape[-1]
     units = _to_units(cand)
-    naked = _bits(_subset_elim(units))  # [B, 27, cell, digit]
-    hidden = _bits(_subset_elim(units.swapaxes(2, 3))).swapaxes(2, 3)
+    naked = _bits(_subset_elim(units), n)  # [B, 3n, cell, digit]
+    hidden = _bits(_subset_elim(units.swapaxes(2, 3)), n).swapaxes(2, 3)
     cand = cand & _from_units_and(units & ~naked & ~hidden)
     cand = _locked_rows(cand)
     return _transpose(_locked_rows(_transpose(cand)))
@@ -198,14 +258,15 @@ def rate(puzzles: Sequence[str] | np.ndarray) -> list[str]:
 
 # --- backtracking (uniqueness of search-only puzzles) ------------------------------------------------------------
 def count_solutions(puzzle: str | Sequence[int], limit: int = 2) -> int:
-    """Count the solutions of one puzzle by depth-first search with bit masks, stopping at `limit`."""
+    """Count the solutions of one puzzle (81 or 16 cells) by depth-first search with bit masks, up to `limit`."""
     cells = [int(c) for c in puzzle]
-    if len(cells) != 81:
-        raise ValueError(f"a Sudoku grid is 81 digits (0 = blank); got {len(cells)}")
-    rows, cols, boxes = [0] * 9, [0] * 9, [0] * 9
+    side = size_of_cells(len(cells))
+    k, full = geometry(side).box, (1 << side) - 1
+    rows, cols, boxes = [0] * side, [0] * side, [0] * side
     blanks = []
     for i, v in enumerate(cells):
-        r, c, b = i // 9, i % 9, (i // 27) * 3 + (i % 9) // 3
+        r, c = divmod(i, side)
+        b = (r // k) * k + c // k
         if v:
             bit = 1 << (v - 1)
             if (rows[r] | cols[c] | boxes[b]) & bit:
@@ -222,9 +283,9 @@ def count_solutions(puzzle: str | Sequence[int], limit: int = 2) -> int:
         if not todo:
             found += 1
             return
-        best, best_free, best_n = 0, 0, 10
+        best, best_free, best_n = 0, 0, side + 1
         for j, (r, c, b) in enumerate(todo):
-            free = 0x1FF & ~(rows[r] | cols[c] | boxes[b])
+            free = full & ~(rows[r] | cols[c] | boxes[b])
             n = bin(free).count("1")
             if n < best_n:
                 best, best_free, best_n = j, free, n
@@ -250,9 +311,10 @@ def count_solutions(puzzle: str | Sequence[int], limit: int = 2) -> int:
 
 
 # --- generation ----------------------------------------------------------------------------------------------------
-def random_grids(n: int, rng: np.random.Generator) -> np.ndarray:
-    """Return n random complete grids [n, 81] (random cell/digit choices, propagation, restart on contradiction)."""
-    cand = np.ones((n, 81, 9), dtype=bool)
+def random_grids(n: int, rng: np.random.Generator, size: int = 9) -> np.ndarray:
+    """Return n random complete grids [n, size^2] (random cell/digit choices, propagation, restart on contradiction)."""
+    g = geometry(size)
+    cand = np.ones((n, g.cells, g.n), dtype=bool)
     done = np.zeros(n, dtype=bool)
     while not done.all():
         idx = np.flatnonzero(~done)
@@ -267,7 +329,7 @@ def random_grids(n: int, rng: np.random.Generator) -> np.ndarray:
             cell = score.argmin(1)
             options = sub[np.arange(len(sub)), cell]
             pick = (np.where(options, rng.random(options.shape), -1.0)).argmax(1)
-            sub[np.arange(len(sub)), cell] = np.eye(9, dtype=bool)[pick]
+            sub[np.arange(len(sub)), cell] = np.eye(g.n, dtype=bool)[pick]
             cur[todo] = sub
         cand[idx] = cur
         done[idx[solved]] = True
@@ -283,15 +345,17 @@ def _unique_without(grids: np.ndarray, cells: np.ndarray) -> np.ndarray:
 
 
 def remove_clues(solutions: np.ndarray, rng: np.random.Generator, level: int | None,
-                 min_clues: int = 17) -> np.ndarray:
+                 min_clues: int | None = None) -> np.ndarray:
     """Blank cells of complete grids in random order, keeping a blank while the puzzle stays solvable.
 
     `level` = LEVEL_SINGLES / LEVEL_SUBSETS: solvable by those strategies; None: a unique solution (search).
+    `min_clues` (default: the size's minimum, 17 for 9x9, 4 for 4x4) stops removal earlier.
     """
+    min_clues = default_min_clues(size_of_cells(solutions.shape[1])) if min_clues is None else min_clues
     puzzles = solutions.copy()
     order = rng.random(solutions.shape).argsort(1)
     rows = np.arange(len(puzzles))
-    for step in range(81):
+    for step in range(solutions.shape[1]):
         live = rows[(puzzles > 0).sum(1) > min_clues]
         if not live.size:
             break
@@ -301,6 +365,19 @@ def remove_clues(solutions: np.ndarray, rng: np.random.Generator, level: int | N
         ok = _unique_without(trial, cells) if level is None else deduces(trial, cells, level)
         puzzles[live[ok]] = trial[ok]
     return puzzles
+
+
+def _check_size(size: int, wanted: tuple[str, ...]) -> None:
+    """Raise ValueError for an unknown size, or 4x4 without `easy` (every 4x4 puzzle falls to singles)."""
+    geometry(size)
+    if size == 4 and "easy" not in wanted:
+        raise ValueError("every 4x4 puzzle with one solution is solved by singles (all are 'easy'); "
+                         "ask for --difficulty easy (a list with easy picks the removal test, e.g. easy,hard)")
+
+
+def default_min_clues(size: int = 9) -> int:
+    """The fewest clues a puzzle with one solution can have: 17 for 9x9, 4 for 4x4."""
+    return 17 if size == 9 else 4
 
 
 def _parse_difficulties(difficulties: str | Iterable[str]) -> tuple[str, ...]:
@@ -324,15 +401,16 @@ def _default_batch(wanted: tuple[str, ...]) -> int:
 
 
 def generate_chunk(n: int, seed: int | Sequence[int], difficulties: str | Iterable[str] = ("easy", "medium"),
-                   min_clues: int = 17, batch: int | None = None) -> list[dict]:
+                   min_clues: int | None = None, batch: int | None = None, size: int = 9) -> list[dict]:
     """Generate n puzzles of the given difficulties from one seed, batch after batch (fewer n: a prefix)."""
     wanted = _parse_difficulties(difficulties)
+    _check_size(size, wanted)
     level = _level(wanted)
     rng = np.random.default_rng(seed)
     batch = batch or _default_batch(wanted)
     out: list[dict] = []
     while len(out) < n:
-        solutions = random_grids(batch, rng)
+        solutions = random_grids(batch, rng, size)
         puzzles = remove_clues(solutions, rng, level, min_clues)
         labels = rate(puzzles)
         for p, s, d in zip(to_strings(puzzles), to_strings(solutions), labels):
@@ -344,27 +422,31 @@ def generate_chunk(n: int, seed: int | Sequence[int], difficulties: str | Iterab
 def record(puzzle: str, solution: str, difficulty: str) -> dict:
     """Return one JSONL record: the task fields plus the trainer's prompt/response view."""
     return {"puzzle": puzzle, "solution": solution, "difficulty": difficulty,
-            "clues": 81 - puzzle.count("0"), "prompt": puzzle, "response": solution}
+            "clues": len(puzzle) - puzzle.count("0"), "prompt": puzzle, "response": solution}
 
 
 def _chunk_job(args: tuple) -> list[dict]:
-    """Pool worker: one chunk from (n, seed, chunk index, difficulties, min_clues, batch)."""
-    n, seed, index, difficulties, min_clues, batch = args
-    return generate_chunk(n, (seed, index), difficulties, min_clues, batch)
+    """Pool worker: one chunk from (n, seed, chunk index, difficulties, min_clues, batch, size)."""
+    n, seed, index, difficulties, min_clues, batch, size = args
+    return generate_chunk(n, (seed, index), difficulties, min_clues, batch, size)
 
 
-def generate(n: int, seed: int = 0, difficulties: str | Iterable[str] = ("easy", "medium"), min_clues: int = 17,
-             workers: int = 1, chunk: int = 1000, exclude: Iterable[str] = ()) -> Iterable[dict]:
+def generate(n: int, seed: int = 0, difficulties: str | Iterable[str] = ("easy", "medium"),
+             min_clues: int | None = None, workers: int = 1, chunk: int = 1000, exclude: Iterable[str] = (),
+             size: int = 9) -> Iterable[dict]:
     """Yield n puzzle records, chunk by chunk (chunk i seeded by (seed, i)).
 
-    The output depends on (seed, difficulties, min_clues, chunk), not on workers; a larger n extends a smaller one.
+    The output depends on (seed, difficulties, min_clues, chunk, size), not on workers; a larger n extends a
+    smaller one. `size` 4 gives 4x4 puzzles (16-character strings); `min_clues` defaults to the size's minimum.
     """
     if n < 0 or chunk < 1 or workers < 1:
         raise ValueError("n must be >= 0, chunk and workers >= 1")
     wanted = _parse_difficulties(difficulties)
+    _check_size(size, wanted)
     skip = set(exclude)
     batch = min(_default_batch(wanted), chunk)
-    jobs = [(min(chunk, n - start), seed, i, wanted, min_clues, batch) for i, start in enumerate(range(0, n, chunk))]
+    jobs = [(min(chunk, n - start), seed, i, wanted, min_clues, batch, size)
+            for i, start in enumerate(range(0, n, chunk))]
     left = n
     if workers == 1:
         results = map(_chunk_job, jobs)
@@ -384,7 +466,7 @@ def generate(n: int, seed: int = 0, difficulties: str | Iterable[str] = ("easy",
             pool.terminate()
     index = len(jobs)
     while left:  # excluded puzzles are replaced from further chunks
-        for rec in _chunk_job((min(chunk, left), seed, index, wanted, min_clues, batch)):
+        for rec in _chunk_job((min(chunk, left), seed, index, wanted, min_clues, batch, size)):
             if left and rec["puzzle"] not in skip:
                 left -= 1
                 yield rec
@@ -407,14 +489,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", required=True, help="output JSONL path ('-' for stdout)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--difficulty", default="easy,medium", help="comma list of easy, medium, hard")
-    ap.add_argument("--min-clues", type=int, default=17, help="stop removing clues at this many")
+    ap.add_argument("--min-clues", type=int, default=None,
+                    help="stop removing clues at this many (default: 17 for 9x9, 4 for 4x4)")
+    ap.add_argument("--size", type=int, default=9, choices=SIZES, help="grid side: 9 (3x3 boxes) or 4 (2x2 boxes)")
     ap.add_argument("--workers", type=int, default=1, help="processes (output does not depend on it)")
     ap.add_argument("--chunk", type=int, default=1000, help="puzzles per seeded chunk (output depends on it)")
     ap.add_argument("--exclude", nargs="*", default=[], help="JSONL files whose puzzles must not be emitted")
     args = ap.parse_args(argv)
     try:
         records = generate(args.n, args.seed, args.difficulty, args.min_clues, args.workers, args.chunk,
-                           load_puzzles(args.exclude))
+                           load_puzzles(args.exclude), args.size)
         start, count = time.time(), {d: 0 for d in DIFFICULTIES}
         out = sys.stdout if args.out == "-" else open(args.out, "w")
         try:
