@@ -102,7 +102,8 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
 
     # Work on the window of columns that hold anything to decode (the prompt before it is context only).
     c0 = int(fill.any(0).nonzero()[0])
-    xw, fillw, genw = x[:, c0:].clone(), fill[:, c0:].clone(), gen_region[:, c0:]
+    xw = x[:, c0:]  # a view: writes to the window are what the model sees at the next step
+    fillw, genw = fill[:, c0:].clone(), gen_region[:, c0:]
     n_fill = fillw.sum(1)
     rank = fillw.long().cumsum(1) - 1
     block_len = config.block_length or int(n_fill.max())
@@ -173,9 +174,8 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
         nfe += 1
         bar.update(1)
         if init is not None:
-            _record(init, nfe - 1, torch.cat([x[:, :c0], xw], 1), pad, c0, idx, reveal, remask, p_x0)
+            _record(init, nfe - 1, x, pad, c0, idx, reveal, remask, p_x0)
     bar.close()
-    x[:, c0:] = xw
     return _finish(x, pad, prompt_end, denoiser, config, nfe, row_nfe.tolist(), init)
 
 

@@ -162,3 +162,20 @@ def test_third_party_strategy_registers_without_editing_the_library(fake_denoise
     assert "right_to_left_test" in available_samplers()
     order, _ = _order(fake_denoiser, "right_to_left_test")
     assert order == [4, 3, 2, 1]
+
+
+def test_each_step_sees_the_tokens_revealed_so_far(fake_denoiser):
+    """A chain: a position is certain only once its left neighbour is revealed, and then predicts neighbour + 1."""
+
+    def chain(ids, rel):
+        vocab = 8
+        out = torch.zeros(*ids.shape, vocab)
+        left = torch.cat([ids[:, :1], ids[:, :-1]], dim=1)
+        known = left != 7
+        nxt = (left + 1).clamp(max=5)
+        out[known] = torch.nn.functional.one_hot(nxt[known], vocab).float() * 20.0
+        return out
+
+    den = fake_denoiser(fn=chain)
+    out = generate(den, [[1]], sampler="top_prob", steps=4, gen_length=4)
+    assert out.sequences[0] == [1, 2, 3, 4, 5]
