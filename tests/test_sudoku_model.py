@@ -158,3 +158,67 @@ def test_cli_writes_an_init_dir(tmp_path, capsys):
     assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.layout) == (2, 64, 256, "fused")
     with pytest.raises(SystemExit, match="divisible"):
         main([str(tmp_path / "bad"), "--hidden", "65"])
+
+
+# --- 4x4 boards (grid_size=4: 16 cells, 2x2 boxes, digits 1-4) ------------------------------------------------
+PUZZLE4 = "1000002000030004"
+SOLUTION4 = "1342432121433214"
+
+
+def test_grid_size_4_loads_and_predicts_digits_1_to_4(tmp_path):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    path = arch.save_sudoku_model_dir(tmp_path, num_hidden_layers=1, grid_size=4)
+    model, tok = AutoModelForMaskedLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    assert model.config.grid_size == 4 and model.config.max_position_embeddings == 34 == tok.model_max_length
+    assert model.row_emb.num_embeddings == 5 and model.box_emb.num_embeddings == 5
+    ids = torch.tensor([tok(PUZZLE4)["input_ids"] + [MASK_ID] * 16])
+    assert ids.shape[1] == 33
+    with torch.no_grad():
+        logits = model(ids).logits[0]
+        canvas = model(torch.tensor([[ZERO_ID + int(c) if c != "0" else MASK_ID for c in PUZZLE4]])).logits[0]
+    probs = logits[17:].softmax(-1)
+    assert torch.allclose(probs[:, ZERO_ID + 1:ZERO_ID + 5].sum(-1), torch.ones(16))  # digits 1-4 only
+    assert (logits[:17].argmax(-1) == ids[0, :17]).all()
+    assert canvas.shape == (16, model.config.vocab_size) and (canvas[1, ZERO_ID + 5:ZERO_ID + 10] == NEG).all()
+    with pytest.raises(ValueError, match="16 or 32 cell tokens"):
+        model(ids[:, :20])
+    with pytest.raises(ValueError, match="grid_size"):
+        arch.SudokuConfig(grid_size=6)
+
+
+def test_grid_size_4_trains(tmp_path):
+    torch.manual_seed(0)
+    model = arch.SudokuForMaskedLM(arch.SudokuConfig(grid_size=4, num_hidden_layers=1, hidden_size=32,
+                                                     num_attention_heads=2, intermediate_size=64)).train()
+    ids = torch.tensor([[ZERO_ID + int(c) for c in PUZZLE4] + [SEP_ID] + [MASK_ID] * 16] * 4)
+    labels = torch.full_like(ids, -100)
+    labels[:, 17:] = torch.tensor([ZERO_ID + int(c) for c in SOLUTION4])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        loss = model(ids, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(torch.log(torch.tensor(4.0)).item(), abs=0.3) and losses[-1] < losses[0] / 4
+
+
+def test_configs_without_grid_size_load_as_9x9(tmp_path):
+    import json
+
+    path = arch.save_sudoku_model_dir(tmp_path, num_hidden_layers=1)
+    cfg = json.loads((path / "config.json").read_text())
+    cfg.pop("grid_size", None)  # a checkpoint written before grid_size existed
+    (path / "config.json").write_text(json.dumps(cfg))
+    model = arch.SudokuForMaskedLM.from_pretrained(path)
+    assert model.config.grid_size == 9 and model.cells == 81 and model.row_emb.num_embeddings == 10
+
+
+def test_cli_grid_size_4(tmp_path, capsys):
+    from emdm_sampling.architectures.sudoku import main
+
+    main([str(tmp_path / "m4"), "--grid-size", "4", "--layers", "1"])
+    cfg = arch.SudokuConfig.from_pretrained(tmp_path / "m4")
+    assert (cfg.grid_size, cfg.max_position_embeddings) == (4, 34)

@@ -7,6 +7,9 @@ solution; [SEP], [PAD] and [EOS] are no cells. So the model works with or withou
 padding. A row with only 81 cells is the short "canvas" form: one grid, clues visible, blanks masked.
 Both halves share the row, column and box embeddings of a cell; a segment embedding tells them apart.
 
+`SudokuConfig.grid_size` (default 9) also allows 4x4 boards (2x2 boxes): 16 cells per grid instead of 81, digits
+1-4; the tokenizer is the same.
+
 Layouts (`SudokuConfig.layout`):
 * ``fused`` (default): the transformer runs over the 81 cells only; a cell's input is its solution token plus
   its puzzle token (a second embedding table) plus row/column/box. Same information, half the length.
@@ -30,7 +33,8 @@ from transformers.modeling_outputs import MaskedLMOutput
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[SEP]", "[MASK]", "[EOS]")
 VOCAB = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + tuple("0123456789"))}
 PAD_ID, UNK_ID, SEP_ID, MASK_ID, EOS_ID, ZERO_ID = (VOCAB[t] for t in SPECIAL_TOKENS + ("0",))
-CELLS = 81
+CELLS = 81  # cells of the default 9x9 board
+GRID_SIZES = (4, 9)
 NEG = -1e4  # a logit that gives probability 0 in float32 without producing inf/NaN in entropies
 SIZES = {
     "cpu": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512),
@@ -47,10 +51,12 @@ class SudokuConfig(PretrainedConfig):
                  num_attention_heads: int = 4, intermediate_size: int = 512, dropout: float = 0.0,
                  layout: str = "fused", initializer_range: float = 0.02, layer_norm_eps: float = 1e-5,
                  zero_token_id: int = ZERO_ID, mask_token_id: int = MASK_ID, sep_token_id: int = SEP_ID,
-                 pad_token_id: int = PAD_ID, eos_token_id: int = EOS_ID, max_position_embeddings: int = 2 * CELLS + 2,
-                 **kwargs) -> None:
+                 pad_token_id: int = PAD_ID, eos_token_id: int = EOS_ID, max_position_embeddings: int | None = None,
+                 grid_size: int = 9, **kwargs) -> None:
         if layout not in ("fused", "full"):
             raise ValueError(f"SudokuConfig.layout must be 'fused' or 'full'; got {layout!r}")
+        if grid_size not in GRID_SIZES:
+            raise ValueError(f"SudokuConfig.grid_size must be 4 (2x2 boxes) or 9 (3x3 boxes); got {grid_size!r}")
         if hidden_size % num_attention_heads:
             raise ValueError(f"hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}")
         self.vocab_size = vocab_size
@@ -65,7 +71,9 @@ class SudokuConfig(PretrainedConfig):
         self.zero_token_id = zero_token_id
         self.mask_token_id = mask_token_id
         self.sep_token_id = sep_token_id
-        self.max_position_embeddings = max_position_embeddings  # puzzle, [SEP], solution, [EOS]: informational
+        self.grid_size = grid_size  # board side: 9 (81 cells, 3x3 boxes) or 4 (16 cells, 2x2 boxes)
+        # puzzle, [SEP], solution, [EOS]: informational (load_denoiser reads it as the maximum length)
+        self.max_position_embeddings = max_position_embeddings or 2 * grid_size * grid_size + 2
         super().__init__(pad_token_id=pad_token_id, eos_token_id=eos_token_id, **kwargs)
 
 
@@ -105,14 +113,17 @@ class SudokuForMaskedLM(PreTrainedModel):
     def __init__(self, config: SudokuConfig) -> None:
         super().__init__(config)
         d = config.hidden_size
+        self.side = int(getattr(config, "grid_size", 9))
+        self.box_side = int(round(self.side ** 0.5))
+        self.cells = self.side * self.side
         self.token_emb = nn.Embedding(config.vocab_size, d)
         if config.layout == "fused":  # every parameter takes part in each step (DDP needs that)
             self.clue_emb = nn.Embedding(config.vocab_size, d)  # the puzzle token of each cell
         else:
             self.segment_emb = nn.Embedding(3, d)  # puzzle, solution, other
-        self.row_emb = nn.Embedding(10, d)  # index 9: not a cell
-        self.col_emb = nn.Embedding(10, d)
-        self.box_emb = nn.Embedding(10, d)
+        self.row_emb = nn.Embedding(self.side + 1, d)  # index side (9): not a cell
+        self.col_emb = nn.Embedding(self.side + 1, d)
+        self.box_emb = nn.Embedding(self.side + 1, d)
         self.blocks = nn.ModuleList(SudokuBlock(config) for _ in range(config.num_hidden_layers))
         self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.head = nn.Linear(d, config.vocab_size)
@@ -120,27 +131,28 @@ class SudokuForMaskedLM(PreTrainedModel):
 
     def layout(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         """Return (is_cell, segment, cell) [B, L]: segment 0 puzzle / 1 solution / 2 other, cell 0-80 (81: none)."""
-        z, m = self.config.zero_token_id, self.config.mask_token_id
+        z, m, cells = self.config.zero_token_id, self.config.mask_token_id, self.cells
         is_cell = ((input_ids >= z) & (input_ids <= z + 9)) | (input_ids == m)
         if attention_mask is not None:
             is_cell &= attention_mask.bool()
         rank = is_cell.long().cumsum(1) - 1
         count = is_cell.sum(1, keepdim=True)
-        canvas = count == CELLS
-        if not bool((canvas | (count >= 2 * CELLS)).all()):
-            raise ValueError(f"SudokuForMaskedLM expects 81 or 162 cell tokens (digits or [MASK]) per row "
-                             f"(puzzle [SEP] solution); got {sorted(set(count.flatten().tolist()))}")
-        is_cell &= canvas | (rank < 2 * CELLS)  # a mask past the solution (a masked [EOS]) is no cell
-        segment = torch.where(is_cell, torch.where(canvas, 1, rank // CELLS), 2)
-        cell = torch.where(is_cell, rank % CELLS, CELLS)
+        canvas = count == cells
+        if not bool((canvas | (count >= 2 * cells)).all()):
+            raise ValueError(f"SudokuForMaskedLM expects {cells} or {2 * cells} cell tokens (digits or [MASK]) per "
+                             f"row (puzzle [SEP] solution); got {sorted(set(count.flatten().tolist()))}")
+        is_cell &= canvas | (rank < 2 * cells)  # a mask past the solution (a masked [EOS]) is no cell
+        segment = torch.where(is_cell, torch.where(canvas, 1, rank // cells), 2)
+        cell = torch.where(is_cell, rank % cells, cells)
         return is_cell, segment, cell
 
     def _position(self, cell: torch.Tensor) -> torch.Tensor:
-        """Sum of row, column and box embeddings of cell indices (81 = none)."""
-        row, col = cell // 9, cell % 9
-        none = cell >= CELLS
-        box = torch.where(none, 9, (row // 3) * 3 + col // 3)
-        return self.row_emb(torch.where(none, 9, row)) + self.col_emb(torch.where(none, 9, col)) + self.box_emb(box)
+        """Sum of row, column and box embeddings of cell indices (cells = none)."""
+        n, k = self.side, self.box_side
+        row, col = cell // n, cell % n
+        none = cell >= self.cells
+        box = torch.where(none, n, (row // k) * k + col // k)
+        return self.row_emb(torch.where(none, n, row)) + self.col_emb(torch.where(none, n, col)) + self.box_emb(box)
 
     def _encode(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         """Run the blocks and the head: hidden [B, N, D] -> logits [B, N, V]."""
@@ -157,16 +169,16 @@ class SudokuForMaskedLM(PreTrainedModel):
             x = self.token_emb(input_ids) + self.segment_emb(segment) + self._position(cell)
             pred = self._encode(x, is_cell[:, None, None, :])  # attend to cells only: [SEP] and padding are inert
         else:
-            b = input_ids.shape[0]
-            slot = torch.where(is_cell, segment * CELLS + cell, 2 * CELLS)  # non-cells land in a spare slot
-            grid = input_ids.new_full((b, 2 * CELLS + 1), self.config.pad_token_id).scatter(1, slot, input_ids)
-            cells = torch.arange(CELLS, device=input_ids.device)
-            x = self.token_emb(grid[:, CELLS:2 * CELLS]) + self.clue_emb(grid[:, :CELLS]) + self._position(cells)
-            index = cell.clamp(max=CELLS - 1)[..., None].expand(-1, -1, self.config.vocab_size)
+            b, n = input_ids.shape[0], self.cells
+            slot = torch.where(is_cell, segment * n + cell, 2 * n)  # non-cells land in a spare slot
+            grid = input_ids.new_full((b, 2 * n + 1), self.config.pad_token_id).scatter(1, slot, input_ids)
+            cells = torch.arange(n, device=input_ids.device)
+            x = self.token_emb(grid[:, n:2 * n]) + self.clue_emb(grid[:, :n]) + self._position(cells)
+            index = cell.clamp(max=n - 1)[..., None].expand(-1, -1, self.config.vocab_size)
             pred = self._encode(x, None).gather(1, index)
         vocab = torch.arange(self.config.vocab_size, device=pred.device)
         z = self.config.zero_token_id
-        pred = pred.masked_fill((vocab <= z) | (vocab > z + 9), NEG)  # cells take the digits 1-9 only
+        pred = pred.masked_fill((vocab <= z) | (vocab > z + self.side), NEG)  # cells take the digits 1-n only
         masked = input_ids == self.config.mask_token_id
         tail = masked & ~is_cell  # the sequence ends after the solution: a mask there is [EOS]
         target = torch.where(tail, self.config.eos_token_id, input_ids)
@@ -203,16 +215,17 @@ def save_sudoku_model_dir(path: str | Path, size: str = "cpu", seed: int = 0, **
     """Write a randomly initialised model (config, safetensors weights) and the tokenizer to path; return it.
 
     `size` is ``cpu`` (about 0.8M parameters) or ``paper`` (3 layers, width 384, 12 heads: about 5.3M);
-    `overrides` replace config fields (e.g. ``num_hidden_layers=6``, ``layout="full"``).
+    `overrides` replace config fields (e.g. ``num_hidden_layers=6``, ``layout="full"``, ``grid_size=4``).
     """
     if size not in SIZES:
         raise ValueError(f"unknown Sudoku model size {size!r}; choose one of {', '.join(SIZES)}")
+    config = SudokuConfig(**{**SIZES[size], **overrides})
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model = SudokuForMaskedLM(SudokuConfig(**{**SIZES[size], **overrides}))
+    model = SudokuForMaskedLM(config)
     model.save_pretrained(path)
-    build_sudoku_tokenizer().save_pretrained(path)
+    build_sudoku_tokenizer(config.max_position_embeddings).save_pretrained(path)
     return path
 
 
@@ -227,9 +240,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--layers", type=int, help="num_hidden_layers (default: the size's)")
     ap.add_argument("--hidden", type=int, help="hidden_size (default: the size's; intermediate is 4x)")
     ap.add_argument("--heads", type=int, help="num_attention_heads (default: the size's)")
+    ap.add_argument("--grid-size", type=int, default=9, choices=GRID_SIZES,
+                    help="board side: 9 (3x3 boxes) or 4 (2x2 boxes, 16 cells)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     over: dict = {"layout": args.layout}
+    if args.grid_size != 9:
+        over["grid_size"] = args.grid_size
     if args.layers:
         over["num_hidden_layers"] = args.layers
     if args.hidden:
