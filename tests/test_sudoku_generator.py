@@ -275,3 +275,55 @@ def test_rate_and_count_agree_with_known_puzzles():
     easy = "530070000600195000098000060800060003400803001700020006060000280000419005000080079"
     assert S.rate([easy]) == ["easy"] and S.count_solutions(easy) == 1
     assert S.count_solutions("0" * 81) == 2 and S.count_solutions("11" + "0" * 79) == 0
+
+
+# --- 4x4 boards (size=4) and 9x9 output unchanged by the size option -------------------------------------------
+UNITS4 = ([[r * 4 + c for c in range(4)] for r in range(4)] + [[r * 4 + c for r in range(4)] for c in range(4)]
+          + [[(b // 2 * 2 + i // 2) * 4 + b % 2 * 2 + i % 2 for i in range(4)] for b in range(4)])
+_ROWS4 = ["".join(map(str, p)) for p in itertools.permutations(range(1, 5))]
+ALL_GRIDS4 = [g for g in map("".join, itertools.product(_ROWS4, repeat=4))
+              if all(len({g[i] for i in u}) == 4 for u in UNITS4)]  # brute force, independent of the generator
+
+
+def test_there_are_288_4x4_grids():
+    assert len(ALL_GRIDS4) == 288
+
+
+def test_4x4_puzzles_are_unique_minimal_and_match_brute_force():
+    recs = list(S.generate(40, seed=3, difficulties="easy,hard", size=4, chunk=40))
+    assert len(recs) == 40 and all(len(r["puzzle"]) == 16 and r["difficulty"] == "easy" for r in recs)
+    for r in recs:
+        fits = [g for g in ALL_GRIDS4 if all(p in ("0", c) for p, c in zip(r["puzzle"], g))]
+        assert fits == [r["solution"]] and S.count_solutions(r["puzzle"]) == 1
+        assert r["clues"] == 16 - r["puzzle"].count("0") and 4 <= r["clues"] <= 7
+        for i in [i for i, p in enumerate(r["puzzle"]) if p != "0"]:  # minimal: no clue can go
+            assert S.count_solutions(r["puzzle"][:i] + "0" + r["puzzle"][i + 1:]) == 2
+    easy = list(S.generate(40, seed=3, difficulties="easy", size=4, chunk=40))
+    assert all(S.rate([r["puzzle"]]) == ["easy"] for r in easy)
+    assert {r["solution"] for r in recs} <= set(ALL_GRIDS4)
+
+
+def test_4x4_grids_and_errors():
+    grids = S.random_grids(32, np.random.default_rng(0), size=4)
+    assert grids.shape == (32, 16) and set(S.to_strings(grids)) <= set(ALL_GRIDS4)
+    with pytest.raises(ValueError, match="singles"):
+        list(S.generate(1, size=4, difficulties="hard"))
+    with pytest.raises(ValueError, match="size"):
+        list(S.generate(1, size=6))
+    with pytest.raises(ValueError, match="16 digits"):
+        S.rate(["1" * 16, "1234"])  # the first grid sets the size
+
+
+def test_cli_size_4(tmp_path):
+    out = tmp_path / "p4.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "emdm_train.data.sudoku", "--n", "5", "--out", str(out), "--size", "4",
+                           "--difficulty", "easy"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert recs == list(S.generate(5, size=4, difficulties="easy"))
+
+
+@pytest.mark.slow
+def test_committed_9x9_set_still_regenerates():
+    """The size option leaves 9x9 output alone: the README command reproduces the committed set's start."""
+    assert list(S.generate(3, seed=20261, difficulties="easy,medium")) == read("test_easy.jsonl")[:3]
