@@ -339,6 +339,8 @@ def prepare_setup(p: Preset, out: Path) -> Setup:
             "train_tokens": int(len(train_tokens.tokens)), "unigram_entropy_bits": table.entropy(),
             # a context-free model that predicts the training unigram distribution has this uniform-masking NELBO
             "test_unigram_bits_per_token": float(table.surprise[test_ids[bucket_of_id[test_ids] >= 0]].double().mean()),
+            "test_unigram_bits_by_bucket": [float(table.surprise[test_ids[bucket_of_id[test_ids] == b]].double().mean())
+                                            for b in range(N_BUCKETS)],
             "bucket_edges_bits": edges,
             "bucket_shares": [float(((bucket_of_id[test_ids] == b).sum() / (bucket_of_id[test_ids] >= 0).sum()))
                               for b in range(N_BUCKETS)]}
@@ -719,6 +721,17 @@ def markdown_summary(p: Preset, summary: dict[str, Any], info: dict[str, Any], r
     for cell, m in summary.items():
         lines.append(f"| {cell} | " + " | ".join(_fmt(m[f'acc_b{k + 1}']['mean'], m[f'acc_b{k + 1}']['ci95'])
                                                  for k in range(N_BUCKETS)) + " |")
+    lines += ["", "Cross-entropy (bits) on masked test tokens by surprise quintile; Δ = seed-paired difference from "
+              "uniform:", "", "| cell | " + " | ".join(f"b{k + 1}" for k in range(N_BUCKETS)) + " | "
+              + " | ".join(f"Δ b{k + 1}" for k in range(N_BUCKETS)) + " |", "|---|" + "---|" * (2 * N_BUCKETS)]
+    for cell, m in summary.items():
+        ce = [_fmt(m[f"ce_b{k + 1}"]["mean"], m[f"ce_b{k + 1}"]["ci95"], 2) for k in range(N_BUCKETS)]
+        dce = [_fmt(m[f"ce_b{k + 1}"].get("diff_mean", float("nan")), m[f"ce_b{k + 1}"].get("diff_ci95", float("nan")),
+                    2, True) if cell != "uniform" else "0" for k in range(N_BUCKETS)]
+        lines.append(f"| {cell} | " + " | ".join(ce + dce) + " |")
+    if info.get("test_unigram_bits_by_bucket"):
+        lines.append("| *unigram model (no context)* | " + " | ".join(f"{v:.2f}" for v in info[
+            "test_unigram_bits_by_bucket"]) + " |" + " |" * N_BUCKETS)
     scored = any(math.isfinite(m.get(f"genppl_{s}", {}).get("mean", float("nan")))
                  for m in summary.values() for s in p.samplers)
     if scored:
@@ -831,30 +844,34 @@ def plot(p: Preset, summary: dict[str, Any], info: dict[str, Any], results: Path
         lo, hi = bounds[k], bounds[k + 1]
         labels.append(f"{k + 1}\n" + (f"<{hi:.1f}" if lo is None else f">{lo:.1f}" if hi is None else
                                       f"{lo:.1f}-{hi:.1f}"))
-    fig, axes = plt.subplots(2, len(p.directions), figsize=(5 * len(p.directions), 7), squeeze=False)
+    rows = (("acc", "mean", "accuracy"), ("acc", "diff", "accuracy − uniform (paired)"),
+            ("ce", "diff", "cross-entropy − uniform, bits (paired)"))
+    fig, axes = plt.subplots(len(rows), len(p.directions), figsize=(5 * len(p.directions), 3.4 * len(rows)),
+                             squeeze=False)
     cmap = plt.get_cmap("viridis")
     x = np.arange(1, N_BUCKETS + 1)
     for j, d in enumerate(p.directions):
-        for row, key in ((0, "mean"), (1, "diff")):
+        for row, (metric, key, ylabel) in enumerate(rows):
             ax = axes[row, j]
             if uni and key == "mean":
-                ax.errorbar(x, [uni[f"acc_b{k}"]["mean"] for k in x], yerr=[_z(uni[f"acc_b{k}"]["ci95"]) for k in x],
-                            color="black", marker="s", capsize=3, label="uniform")
+                ax.errorbar(x, [uni[f"{metric}_b{k}"]["mean"] for k in x],
+                            yerr=[_z(uni[f"{metric}_b{k}"]["ci95"]) for k in x], color="black", marker="s",
+                            capsize=3, label="uniform")
             ctrl = summary.get(CONTROL)
             if ctrl:
-                ys = [ctrl[f"acc_b{k}"]["mean"] if key == "mean" else _nan(ctrl[f"acc_b{k}"].get("diff_mean"))
-                      for k in x]
+                ys = [ctrl[f"{metric}_b{k}"]["mean"] if key == "mean" else
+                      _nan(ctrl[f"{metric}_b{k}"].get("diff_mean")) for k in x]
                 ax.plot(x, ys, color="gray", ls="--", marker="x", label="T=1e6 (random order)")
             for i, t in enumerate(temps):
                 m = summary.get(cell_name(d, t))
                 if not m:
                     continue
                 if key == "mean":
-                    ys = [m[f"acc_b{k}"]["mean"] for k in x]
-                    es = [_z(m[f"acc_b{k}"]["ci95"]) for k in x]
+                    ys = [m[f"{metric}_b{k}"]["mean"] for k in x]
+                    es = [_z(m[f"{metric}_b{k}"]["ci95"]) for k in x]
                 else:
-                    ys = [_nan(m[f"acc_b{k}"].get("diff_mean")) for k in x]
-                    es = [_z(m[f"acc_b{k}"].get("diff_ci95")) for k in x]
+                    ys = [_nan(m[f"{metric}_b{k}"].get("diff_mean")) for k in x]
+                    es = [_z(m[f"{metric}_b{k}"].get("diff_ci95")) for k in x]
                 ax.errorbar(x + 0.06 * (i - len(temps) / 2), ys, yerr=es, marker="o", capsize=2,
                             color=cmap(i / max(1, len(temps) - 1)), label=f"T={t:g}")
             if key == "diff":
@@ -862,12 +879,13 @@ def plot(p: Preset, summary: dict[str, Any], info: dict[str, Any], results: Path
             ax.set_xticks(x)
             ax.set_xticklabels(labels, fontsize=8)
             ax.set_xlabel("surprise quintile of the masked token (bits)")
-            ax.set_ylabel("accuracy" if key == "mean" else "accuracy − uniform (paired)")
+            ax.set_ylabel(ylabel)
             ax.set_title(f"{d}-surprise tokens masked first", fontsize=10)
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
-    fig.suptitle("Accuracy on masked test tokens by surprise quintile (uniform masking; mean ± 95% CI)", fontsize=10)
+    fig.suptitle("Masked test tokens by surprise quintile, under uniform masking (mean ± 95% CI over seeds)",
+                 fontsize=10)
     fig.tight_layout()
     path = results / f"{RESULTS_STEM}-buckets.png"
     fig.savefig(path, dpi=120)
