@@ -117,19 +117,7 @@ class EMDMLM(TemplateLM):
         if opts["pretrained"] in (None, ""):
             raise ConfigError("emdm needs a checkpoint: pass --model_args pretrained=<checkpoint directory or Hub id>")
 
-        # --- sampler: shared fields and the strategy's own options; anything else is an unknown argument -------
-        sampler_name = str(kwargs.get("sampler", SamplerConfig.sampler))
-        strategy = get_sampler(sampler_name)  # ConfigError naming the registered samplers
-        sampler_fields = set(SamplerConfig.field_names()) - set(_SAMPLER_RESERVED)
-        unknown = sorted(k for k in kwargs if k not in sampler_fields and k not in strategy.options)
-        if unknown:
-            raise ConfigError(
-                f"unknown --model_args key(s) {', '.join(unknown)} for --model emdm; model arguments: "
-                f"{', '.join(MODEL_ARGS)}; sampler arguments: {', '.join(sorted(sampler_fields))}; "
-                f"sampler {sampler_name!r} options: {', '.join(sorted(strategy.options)) or 'none'}")
-        self._sampler_kwargs = dict(kwargs)
-        self._sampler_kwargs.setdefault("sampler", sampler_name)
-        self._default_temperature = float(SamplerConfig.from_kwargs(**dict(self._sampler_kwargs)).temperature)
+        self._set_sampler(kwargs)  # sampler: shared fields and the strategy's own options; else unknown
 
         self.mc_num = _as_int("mc_num", opts["mc_num"], minimum=1)
         self.mc_batch_size = _as_int("mc_batch_size", opts["mc_batch_size"], minimum=1, allow_none=True)
@@ -195,6 +183,31 @@ class EMDMLM(TemplateLM):
                 f"{self._sampler_kwargs}; seed {self.seed}; processes {self.world_size}")
 
     # --- construction helpers --------------------------------------------------------------------------------
+    def _set_sampler(self, kwargs: dict[str, Any]) -> None:
+        """Validate and store the sampler arguments (shared fields and the strategy's options)."""
+        sampler_name = str(kwargs.get("sampler", SamplerConfig.sampler))
+        strategy = get_sampler(sampler_name)  # ConfigError naming the registered samplers
+        sampler_fields = set(SamplerConfig.field_names()) - set(_SAMPLER_RESERVED)
+        unknown = sorted(k for k in kwargs if k not in sampler_fields and k not in strategy.options)
+        if unknown:
+            raise ConfigError(
+                f"unknown --model_args key(s) {', '.join(unknown)} for --model emdm; model arguments: "
+                f"{', '.join(MODEL_ARGS)}; sampler arguments: {', '.join(sorted(sampler_fields))}; "
+                f"sampler {sampler_name!r} options: {', '.join(sorted(strategy.options)) or 'none'}")
+        sampler_kwargs = dict(kwargs)
+        sampler_kwargs.setdefault("sampler", sampler_name)
+        self._default_temperature = float(SamplerConfig.from_kwargs(**dict(sampler_kwargs)).temperature)
+        self._sampler_kwargs = sampler_kwargs
+
+    def configure_sampler(self, **kwargs: Any) -> None:
+        """Replace the sampler arguments (as in --model_args) and reset the statistics; the model stays loaded.
+
+        For sweeps in one process (`emdm_eval.ablation`): each `simple_evaluate(model=lm, ...)` after this call
+        decodes with the new settings and reports only its own forward passes and time.
+        """
+        self._set_sampler(kwargs)
+        self._stats = defaultdict(Counter)
+
     def _parse_batch_size(self, value: Any) -> int | str:
         text = str(value).strip().lower()
         if text.startswith("auto"):
@@ -494,6 +507,7 @@ class EMDMLM(TemplateLM):
             for b in range(0, len(items), bs):
                 chunk = items[b:b + bs]
                 out = generate(self.denoiser, [it[1] for it in chunk], config, seeds=[seeds[it[0]] for it in chunk])
+                stats["row_forward_passes"] += sum(out.row_nfe)  # passes each request took part in
                 for (i, _prompt, _cfg, until), gen in zip(chunk, out.generated):
                     text = postprocess_generated_text(self.tok_decode(gen), until, None)
                     results[i] = text
@@ -513,7 +527,8 @@ class EMDMLM(TemplateLM):
         stats = self._stats[kind]
         if self.world_size <= 1:
             return Counter(stats)
-        keys = ["requests", "forward_passes", "generated_tokens", "empty", "scored_tokens", "windows", "seconds"]
+        keys = ["requests", "forward_passes", "row_forward_passes", "generated_tokens", "empty", "scored_tokens",
+                "windows", "seconds"]
         local = torch.tensor([float(stats.get(k, 0)) for k in keys], dtype=torch.float64, device=self.device)
         gathered = self.all_gather(local.unsqueeze(0)).view(self.world_size, -1).cpu()
         total = Counter({k: float(gathered[:, j].sum()) for j, k in enumerate(keys)})
