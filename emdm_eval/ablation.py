@@ -269,7 +269,11 @@ def write_reports(out: Path, rows: list[dict[str, Any]], metric: str | None, tit
     write_rows(out / CSV_NAME, rows)
     (out / MD_NAME).write_text(markdown_table(rows))
     column = pick_metric(rows, metric)
-    plot(rows, column, out / PNG_NAME, title)
+    try:
+        plot(rows, column, out / PNG_NAME, title)
+    except ImportError:
+        print(f"warning: matplotlib is not installed (pip install 'emdm[plot]'); {PNG_NAME} not written",
+              file=sys.stderr)
     return column
 
 
