@@ -264,9 +264,13 @@ def pick_metric(rows: Sequence[dict[str, Any]], wanted: str | None) -> str:
     raise ConfigError(f"--metric {wanted!r} is not among the results' metrics: {', '.join(names)}")
 
 
-def write_reports(out: Path, rows: list[dict[str, Any]], metric: str | None, title: str = "") -> str:
-    """Write results.csv, results.md and accuracy_vs_steps.png under out; return the plotted metric column."""
-    write_rows(out / CSV_NAME, rows)
+def write_reports(out: Path, rows: list[dict[str, Any]], metric: str | None, title: str = "",
+                  cached: Sequence[dict[str, Any]] = ()) -> str:
+    """Write results.csv (rows, then other `cached` rows), results.md and accuracy_vs_steps.png (rows only).
+
+    Returns the plotted metric column.
+    """
+    write_rows(out / CSV_NAME, [*rows, *cached])
     (out / MD_NAME).write_text(markdown_table(rows))
     column = pick_metric(rows, metric)
     try:
@@ -346,20 +350,21 @@ def run(args: argparse.Namespace) -> Path:
             rows.append(row)
             write_rows(out / CSV_NAME, rows)  # after every point: an interrupted run resumes from here
         bar.close()
-    ordered = _in_grid_order(rows, points, base)
-    column = write_reports(out, ordered, args.metric, title=f"{Path(args.pretrained).name}: {','.join(args.tasks)}")
-    print(markdown_table([r for r in ordered if row_key(r)[:5] == row_key(base)[:5]]), end="")
+    mine, others = _split_by_grid(rows, points, base)
+    column = write_reports(out, mine, args.metric, f"{Path(args.pretrained).name}: {','.join(args.tasks)}", others)
+    print(markdown_table(mine), end="")
     print(f"wrote {out / CSV_NAME}, {out / MD_NAME}, {out / PNG_NAME} (plotted {column}; {len(todo)} new, "
           f"{len(points) - len(todo)} cached grid points)")
     return out
 
 
-def _in_grid_order(rows: list[dict[str, Any]], points: Sequence[GridPoint], base: dict) -> list[dict[str, Any]]:
-    """Rows of this grid first, in grid order, then any other cached rows as they were."""
+def _split_by_grid(rows: list[dict[str, Any]], points: Sequence[GridPoint],
+                   base: dict) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(this grid's rows in grid order, the CSV's other rows as they were: other checkpoints, limits, ...)."""
     keys = [row_key({**base, "sampler": p.sampler, "steps": p.steps, "options": p.options_text}) for p in points]
     by_key = {row_key(r): r for r in rows}
-    mine = [by_key[k] for k in keys if k in by_key]
-    return mine + [r for r in rows if row_key(r) not in set(keys)]
+    wanted = set(keys)
+    return [by_key[k] for k in keys if k in by_key], [r for r in rows if row_key(r) not in wanted]
 
 
 def _limit(text: str) -> int | float:

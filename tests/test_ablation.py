@@ -78,6 +78,11 @@ def test_cli_runs_the_grid_writes_reports_and_resumes(sudoku_ckpt, tmp_path, cap
     assert A.main(["--pretrained", sudoku_ckpt, *GRID, "--out", str(out), "--metric", "cell_acc"]) == 0
     assert "0 new, 6 cached" in capsys.readouterr().out  # everything cached: nothing is loaded
 
+    # another grid in the same folder: the CSV keeps every row, the Markdown and the plot show this grid only
+    small = ["--tasks", "sudoku_easy", "--samplers", "margin", "--steps", "2", "--limit", "2", "--threads", "1"]
+    assert A.main(["--pretrained", sudoku_ckpt, *small, "--out", str(out)]) == 0
+    assert len(read_csv(out / A.CSV_NAME)) == 7 and len((out / A.MD_NAME).read_text().splitlines()) == 3
+
 
 def test_bad_input_is_one_line(sudoku_ckpt, tmp_path, capsys):
     assert A.main(["--pretrained", sudoku_ckpt, "--tasks", "sudoku_easy", "--samplers", "nonsense",
