@@ -95,7 +95,8 @@ def bench(args: argparse.Namespace) -> str:
     lines = [f"checkpoint {path} ({n_params / 1e6:.2f}M parameters), {len(docs)} puzzles from {Path(args.data).name}, "
              f"batch {args.batch_size}, device {den.device}, dtype {next(den.model.parameters()).dtype}, threads "
              f"{torch.get_num_threads()}", "",
-             "| sampler | steps | threshold | solved | cell_acc | passes/puzzle | batched passes | seconds | puzzles/s |",
+             "| sampler | steps | threshold | solved | cell_acc | passes/puzzle | batched passes | seconds "
+             "| puzzles/s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for sampler, kw in tqdm(settings, desc="bench_sudoku", unit="setting"):
         gens, row_nfe, nfe, secs = decode_all(den, prompts, args.batch_size, sync, sampler=sampler, gen_length=81,
