@@ -1,7 +1,7 @@
 """Sudoku benchmark: per sampler, solve rate, forward passes per puzzle and puzzles/s, with the step schedule and with
 confidence-threshold (parallel) decoding.
 
-    python benchmarks/bench_sudoku.py                                  # /work/runs/sudoku-cpu, test_easy, CPU
+    python benchmarks/bench_sudoku.py                # /work/runs/sudoku-cpu (else emdm:sudoku), test_easy, CPU
     python benchmarks/bench_sudoku.py --pretrained DIR --n 500 --batch-size 128 --device cuda
     python benchmarks/bench_sudoku.py --pretrained DIR --steps 27 50 81 --thresholds 0.9 0.7 0.5
 
@@ -44,15 +44,19 @@ def load_task_utils():
     return mod
 
 
-def default_checkpoint() -> Path:
-    """/work/runs/sudoku-cpu when it holds a finished model, else its newest complete checkpoint-N."""
+def default_checkpoint() -> str:
+    """/work/runs/sudoku-cpu (finished, else its newest complete checkpoint-N), else the embedded emdm:sudoku."""
+    from emdm_sampling.adapters import available_embedded
+
     if (DEFAULT_PRETRAINED / "config.json").is_file():
-        return DEFAULT_PRETRAINED
+        return str(DEFAULT_PRETRAINED)
     ckpts = sorted((p for p in DEFAULT_PRETRAINED.glob("checkpoint-*") if (p / "model.safetensors").is_file()
                     and p.name.split("-")[-1].isdigit()), key=lambda p: int(p.name.split("-")[-1]))
     if ckpts:
-        return ckpts[-1]
-    raise CheckpointError(f"no Sudoku checkpoint at {DEFAULT_PRETRAINED}; pass --pretrained <checkpoint directory>")
+        return str(ckpts[-1])
+    if "sudoku" in available_embedded():
+        return "emdm:sudoku"
+    raise CheckpointError(f"no Sudoku checkpoint at {DEFAULT_PRETRAINED} and none embedded; pass --pretrained DIR")
 
 
 def decode_all(den, prompts: list[list[int]], batch_size: int, sync, **kw) -> tuple[list[list[int]], list[int], int,
@@ -81,7 +85,7 @@ def bench(args: argparse.Namespace) -> str:
     for sampler in args.samplers:  # unknown samplers and bad thresholds fail before the model loads
         for t in [None, *args.thresholds]:
             SamplerConfig(sampler=sampler, steps=max(args.steps), gen_length=81, threshold=t)
-    path = Path(args.pretrained) if args.pretrained else default_checkpoint()
+    path = args.pretrained or default_checkpoint()
     den = load_denoiser(path, device=args.device, dtype=args.dtype)
     utils = load_task_utils()
     with open(args.data) as f:
@@ -116,7 +120,8 @@ def bench(args: argparse.Namespace) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pretrained", default=None, help=f"Sudoku checkpoint (default: {DEFAULT_PRETRAINED})")
+    p.add_argument("--pretrained", default=None,
+                   help=f"Sudoku checkpoint (default: {DEFAULT_PRETRAINED} when it exists, else emdm:sudoku)")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="JSONL with puzzle/solution fields")
     p.add_argument("--n", type=int, default=256, help="puzzles to decode per row")
     p.add_argument("--batch-size", type=int, default=64)
