@@ -145,13 +145,23 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
 
         idx = active.nonzero().flatten()
         sub = slice(None) if len(idx) == B else idx
-        logits = denoiser.logits(x[sub], attn[sub])[:, c0:].float()
+        logits = denoiser.logits(x[sub], attn[sub])[:, c0:]
         logits[..., mask_id] = float("-inf")
-        log_z = torch.logsumexp(logits, dim=-1)
-        x0 = _propose(logits, config.temperature, rng.uniform(nfe, _STREAM_PROPOSAL)[sub])
-        p_x0 = torch.exp(logits.gather(-1, x0.unsqueeze(-1)).squeeze(-1) - log_z)
+        # Only positions a strategy can reveal (or, for remasking strategies, any masked one) need the
+        # vocabulary-wide softmax statistics: gather them once, so that cost shrinks as decoding proceeds.
+        scored = masked[sub] if strategy.remasks else (masked & in_block)[sub]
+        flat = logits[scored].float()
+        flat_log_z = torch.logsumexp(flat, dim=-1)
+        flat_x0 = _propose(flat, config.temperature, rng.uniform(nfe, _STREAM_PROPOSAL)[sub][scored])
+        x0 = xw[sub].clone()
+        x0[scored] = flat_x0
+        p_x0 = torch.zeros(scored.shape, dtype=flat.dtype, device=dev)
+        p_x0[scored] = torch.exp(flat.gather(-1, flat_x0.unsqueeze(-1)).squeeze(-1) - flat_log_z)
+        log_z = torch.zeros_like(p_x0)
+        log_z[scored] = flat_log_z
         ctx = StepContext(
-            step=nfe, x=xw[sub], logits=logits, log_z=log_z, x0=x0, p_x0=p_x0, masked=masked[sub],
+            step=nfe, x=xw[sub], logits=logits, scored=scored, flat_logits=flat, flat_log_z=flat_log_z,
+            log_z=log_z, x0=x0, p_x0=p_x0, masked=masked[sub],
             eligible=(masked & in_block)[sub], block=(fillw & in_block)[sub], fillable=fillw[sub],
             confidence=confidence[sub], k=reveal_counts(config.schedule, m_entry, bstep, block_steps)[sub],
             block_step=bstep[sub], block_steps=block_steps[sub], threshold=config.threshold, rng=_SubRNG(rng, sub),

@@ -24,10 +24,13 @@ class StepContext:
 
     step: int  # global step index (the same for a row in any batch)
     x: torch.Tensor  # [B, W] current tokens
-    logits: torch.Tensor  # [B, W, V] float32 logits (the mask token excluded: -inf)
-    log_z: torch.Tensor  # [B, W] logsumexp of the logits
-    x0: torch.Tensor  # [B, W] proposed tokens (argmax, or sampled at `temperature`)
-    p_x0: torch.Tensor  # [B, W] probability of the proposed token
+    logits: torch.Tensor  # [B, W, V] the model's logits (the mask token excluded: -inf)
+    scored: torch.Tensor  # [B, W] bool: positions whose proposals and statistics are computed (see below)
+    flat_logits: torch.Tensor  # [N, V] float32 logits of the scored positions, row-major
+    flat_log_z: torch.Tensor  # [N] their logsumexp
+    log_z: torch.Tensor  # [B, W] logsumexp of the logits (0 where not scored)
+    x0: torch.Tensor  # [B, W] proposed tokens (argmax, or sampled at `temperature`; the current token elsewhere)
+    p_x0: torch.Tensor  # [B, W] probability of the proposed token (0 where not scored)
     masked: torch.Tensor  # [B, W] bool: masked positions still to be decoded
     eligible: torch.Tensor  # [B, W] bool: masked positions in each row's current block
     block: torch.Tensor  # [B, W] bool: all positions of each row's current block
@@ -55,14 +58,31 @@ class StepContext:
         """Write this step's rows of a per-row state tensor."""
         self.state[name][self.rows] = value
 
+    # Vocabulary-wide work is done only at the scored positions: the eligible ones (those a strategy can reveal
+    # this step), or every masked one for remasking strategies. Values elsewhere are 0 and never selected.
+    def scatter(self, values: torch.Tensor) -> torch.Tensor:
+        """Place per-scored-position values [N, ...] into a zero tensor [B, W, ...]."""
+        out = values.new_zeros((*self.scored.shape, *values.shape[1:]))
+        out[self.scored] = values
+        return out
+
+    @cached_property
+    def flat_probs(self) -> torch.Tensor:
+        """[N, V] softmax (temperature 1) at the scored positions."""
+        return torch.exp(self.flat_logits - self.flat_log_z.unsqueeze(-1))
+
     @cached_property
     def probs(self) -> torch.Tensor:
-        """[B, W, V] softmax of the logits (temperature 1), computed only if a strategy asks for it."""
-        return torch.exp(self.logits - self.log_z.unsqueeze(-1))
+        """[B, W, V] softmax of the logits (temperature 1) at the scored positions, 0 elsewhere."""
+        return self.scatter(self.flat_probs)
 
     def top_probs(self, k: int) -> torch.Tensor:
         """[B, W, k] the k largest probabilities, without materialising the full softmax."""
-        return torch.exp(self.logits.topk(k, dim=-1).values - self.log_z.unsqueeze(-1))
+        return self.scatter(torch.exp(self.flat_logits.topk(k, dim=-1).values - self.flat_log_z.unsqueeze(-1)))
+
+    def entropy(self) -> torch.Tensor:
+        """[B, W] predictive entropy in nats."""
+        return self.scatter(torch.special.entr(self.flat_probs).sum(-1))
 
     def select(self, scores: torch.Tensor) -> torch.Tensor:
         """Reveal the top-`k` eligible positions by `scores` (or, with a threshold, all confident ones)."""

@@ -13,18 +13,13 @@ _STREAM_ORDER = 1  # rng stream for random orders (stream 0 samples proposals)
 _STREAM_SURPRISE = 2
 
 
-def entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Predictive entropy in nats over the last dimension."""
-    return -(probs * torch.log(probs.clamp_min(1e-30))).sum(-1)
-
-
 @register_sampler("vanilla")
 class Vanilla(Strategy):
     """Random order: the MDM reverse process (Austin et al. 2021; Sahoo et al. 2024, MDLM; Kim et al. 2025
     "vanilla"). Each step reveals a uniformly random subset of the eligible masked positions."""
 
     def score(self, ctx: StepContext) -> torch.Tensor:
-        return ctx.uniform(_STREAM_ORDER).to(ctx.logits.dtype)
+        return ctx.uniform(_STREAM_ORDER).float()
 
 
 @register_sampler("top_prob")
@@ -51,7 +46,7 @@ class Entropy(Strategy):
     """Lowest predictive entropy first (Dream's `entropy` algorithm; Ben-Hamu et al. 2025): score = -H(p_i)."""
 
     def score(self, ctx: StepContext) -> torch.Tensor:
-        return -entropy(ctx.probs)
+        return -ctx.entropy()
 
 
 @register_sampler("low_confidence_remask")

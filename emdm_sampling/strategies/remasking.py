@@ -8,7 +8,6 @@ import torch
 
 from ..errors import ConfigError
 from . import StepContext, StepResult, Strategy, register_sampler
-from .ordering import entropy
 
 _STREAM_REMASK = 3
 _STREAM_UNMASK = 4
@@ -93,7 +92,7 @@ class EAGS(Strategy):
         sweeps = ctx.load("sweeps", long_rows, 0)
         sweeping = ctx.load("sweeping", long_rows.bool(), False)
         ent_at_reveal = ctx.load("entropy", ctx.p_x0, 0.0)
-        ent = entropy(ctx.probs)
+        ent = ctx.entropy()
         # A sweeping row re-samples all its re-masked positions at once; the others decode highest entropy first.
         reveal = torch.where(sweeping.unsqueeze(-1), ctx.masked, ctx.select(ent))
         ent_at_reveal = torch.where(reveal, ent.to(ent_at_reveal.dtype), ent_at_reveal)
