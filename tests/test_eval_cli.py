@@ -234,8 +234,19 @@ def test_editable_install_batch_size_and_processes_do_not_change_results(install
     assert len(gens) == 4 and len(set(map(str, gens))) > 1
     for name in ("bs4", "dp2"):
         res, smp, _ = runs[name]
-        assert res["results"] == base_res["results"], name
+        # Per-document values and generations are identical; lm-eval aggregates corpus-level metrics (word
+        # perplexity) over documents gathered from the processes, whose summation order can move the last bit.
+        assert _same_numbers(res["results"], base_res["results"]), (name, res["results"], base_res["results"])
         assert smp == base_samples, name
+
+
+def _same_numbers(a, b, rel: float = 1e-12) -> bool:
+    """Equal structures whose floats agree to `rel` (everything else exactly)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_numbers(a[k], b[k], rel) for k in a)
+    if isinstance(a, float) and isinstance(b, float):
+        return a == pytest.approx(b, rel=rel, abs=0)
+    return a == b
 
 
 # --- errors as the user sees them ------------------------------------------------------------------------------
