@@ -148,7 +148,7 @@ def test_smallest_grid_end_to_end_and_resumes(text_dir, tiny_reference_lm, tmp_p
         assert 0 <= m["acc_low"]["mean"] <= 1 and 0 <= m["acc_high"]["mean"] <= 1
         for s in sm.SAMPLERS:
             assert m[f"genppl_{s}"]["n"] == 1 and m[f"genppl_{s}"]["mean"] > 1  # only seed 0 is scored
-            assert 0 < m[f"distinct1_{s}"]["mean"] <= 1
+            assert 0 < m[f"distinct1_{s}"]["mean"] <= 1 and m[f"gen_surprise_{s}"]["mean"] > 0
         if cell != "uniform":
             assert math.isfinite(m["nelbo_bpt"]["diff_mean"]) and m["nelbo_bpt"]["diff_n"] == 2
     assert data["reference_text"]["genppl"] > 1
@@ -164,6 +164,8 @@ def test_smallest_grid_end_to_end_and_resumes(text_dir, tiny_reference_lm, tmp_p
     for png in ("surprise-masking-nelbo.png", "surprise-masking-buckets.png"):
         assert (results / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| uniform | 2 |" in (results / "surprise-masking-summary.md").read_text()
+    assert "done uniform seed 1" in (results / "surprise-masking-progress.log").read_text()
+    assert data["timing"]["runs"] == 8 and data["timing"]["sum_run_time_s"] > 0
     samples = [json.loads(x) for x in (out / "runs" / "uniform" / "seed0" / "samples.jsonl").read_text().splitlines()]
     assert {r["sampler"] for r in samples} == set(sm.SAMPLERS)
     assert elapsed < 120, f"the smallest configuration took {elapsed:.0f}s"

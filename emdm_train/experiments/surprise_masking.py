@@ -80,7 +80,7 @@ class Preset:
     max_steps: int = 200
     learning_rate: float = 1e-3
     warmup_steps: int = 10
-    adam_beta2: float = 0.98  # 0.999 lets the rare huge 1/t-weighted gradients of small t stall short runs
+    adam_beta2: float = 0.98  # shorter memory than the default 0.999: the 1/t weights make a few gradients huge
     val_examples: int = 64
     # grid
     temperatures: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
@@ -237,8 +237,9 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
 
 
 def model_config(p: Preset, tokenizer: Any) -> Any:
-    """The DeBERTa-v2 config every cell trains from: relative positions (in short CPU runs, BERT/RoBERTa/ModernBERT
-    encoders of this size stayed at the unigram plateau, DeBERTa's relative attention left it), no dropout."""
+    """The DeBERTa-v2 config every cell trains from: relative positions (in short CPU pilot runs, BERT, RoBERTa-
+    PreLN, ConvBERT and ModernBERT encoders of this size stayed on the unigram plateau; DeBERTa left it), no
+    dropout."""
     from transformers import DebertaV2Config
 
     return DebertaV2Config(vocab_size=len(tokenizer), hidden_size=p.hidden_size, num_hidden_layers=p.num_layers,
@@ -261,6 +262,7 @@ class Setup:
     blocks: torch.Tensor  # [N, L] test token ids (full packed blocks)
     bucket_of_id: torch.Tensor  # [V] surprise bucket of each id (-1: special)
     edges: list[float]  # bucket edges in bits
+    surprise: torch.Tensor  # [V] training-split unigram surprise (bits), 0 at special ids
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -345,7 +347,7 @@ def prepare_setup(p: Preset, out: Path) -> Setup:
             "bucket_shares": [float(((bucket_of_id[test_ids] == b).sum() / (bucket_of_id[test_ids] >= 0).sum()))
                               for b in range(N_BUCKETS)]}
     _write_json(setup_file, {"preset_key": key, **info})
-    return Setup(out, corpus_dir, tok_dir, cfg_dir, blocks, bucket_of_id, edges, info)
+    return Setup(out, corpus_dir, tok_dir, cfg_dir, blocks, bucket_of_id, edges, table.surprise, info)
 
 
 # --- one run: train, evaluate, sample ------------------------------------------------------------------------------
@@ -603,6 +605,7 @@ def score_run(ref: tuple[Any, Any, str], rdir: Path, samplers: Sequence[str]) ->
     if cache.is_file():
         return json.loads(cache.read_text())
     model, tok, name = ref
+    t0 = time.perf_counter()
     records = [json.loads(line) for line in (rdir / "samples.jsonl").read_text().splitlines() if line.strip()]
     out: dict[str, Any] = {"reference_lm": name}
     for sampler in samplers:
@@ -610,6 +613,7 @@ def score_run(ref: tuple[Any, Any, str], rdir: Path, samplers: Sequence[str]) ->
         nll, n = reference_nll(model, tok, [r["prompt"] for r in rs], [r["text"] for r in rs])
         out[f"genppl_{sampler}"] = math.exp(nll / n) if n else float("nan")
         out[f"genppl_tokens_{sampler}"] = n
+    out["time_s"] = time.perf_counter() - t0
     _write_json(cache, out)
     return out
 
@@ -641,11 +645,22 @@ RUN_METRICS = ["nelbo_bpt", "nelbo_bpc", "val_loss_nats", "acc_masked", "ce_mask
 
 def gen_metrics(samplers: Sequence[str]) -> list[str]:
     """Names of the per-sampler sample metrics."""
-    return [f"{m}_{s}" for s in samplers for m in ("genppl", "distinct1", "distinct2", "distinct3")]
+    return [f"{m}_{s}" for s in samplers for m in ("genppl", "distinct1", "distinct2", "distinct3", "gen_surprise")]
 
 
-def collect_runs(p: Preset, out: Path) -> list[dict[str, Any]]:
-    """Every completed run's metrics (plus generative perplexity where scored), in grid order."""
+def mean_surprise(ids: Iterable[list[int]], surprise: torch.Tensor) -> float:
+    """Mean unigram surprise (bits) of the ordinary tokens in some token-id lists (how rare the words are)."""
+    flat = torch.tensor([i for row in ids for i in row], dtype=torch.long)
+    if flat.numel() == 0:
+        return float("nan")
+    s = surprise[flat]
+    s = s[s > 0]
+    return float(s.double().mean()) if s.numel() else float("nan")
+
+
+def collect_runs(p: Preset, out: Path, surprise: torch.Tensor | None = None) -> list[dict[str, Any]]:
+    """Every completed run's metrics (plus generative perplexity where scored, and the mean surprise of the
+    generated tokens), in grid order."""
     rows = []
     for seed in p.seeds:
         for cell in p.cells():
@@ -656,6 +671,11 @@ def collect_runs(p: Preset, out: Path) -> list[dict[str, Any]]:
             if (rdir / "genppl.json").is_file():
                 row.update({k: v for k, v in json.loads((rdir / "genppl.json").read_text()).items()
                             if k.startswith("genppl_") and not k.startswith("genppl_tokens")})
+            if surprise is not None and (rdir / "samples.jsonl").is_file():
+                recs = [json.loads(x) for x in (rdir / "samples.jsonl").read_text().splitlines() if x.strip()]
+                for sampler in p.samplers:
+                    row[f"gen_surprise_{sampler}"] = mean_surprise(
+                        [r["generated_ids"] for r in recs if r["sampler"] == sampler], surprise)
             rows.append(row)
     return rows
 
@@ -735,17 +755,22 @@ def markdown_summary(p: Preset, summary: dict[str, Any], info: dict[str, Any], r
     scored = any(math.isfinite(m.get(f"genppl_{s}", {}).get("mean", float("nan")))
                  for m in summary.values() for s in p.samplers)
     if scored:
+        n_scored = max(m[f"genppl_{s}"]["n"] for m in summary.values() for s in p.samplers)
         lines += ["", "Generated continuations of test prompts: generative perplexity under the reference LM "
                   "(lower = more fluent to it) / distinct-2 (share of distinct word bigrams per sample; low = "
-                  "repetitive). Mean ± 95% CI over the scored seeds.", "",
+                  "repetitive) / mean unigram surprise of the generated tokens in bits (high = rare words). "
+                  + ("Mean ± 95% CI over the scored seeds." if n_scored > 1 else
+                     "One scored seed per cell, so no interval."), "",
                   "| cell | " + " | ".join(p.samplers) + " |", "|---|" + "---|" * len(p.samplers)]
         for cell, m in summary.items():
-            cells = [f"{_fmt(m[f'genppl_{s}']['mean'], m[f'genppl_{s}']['ci95'], 1)} / "
-                     f"{_fmt(m[f'distinct2_{s}']['mean'], float('nan'), 2)}" for s in p.samplers]
+            cells = [f"{_fmt(m[f'genppl_{s}']['mean'], m[f'genppl_{s}']['ci95'], 0)} / "
+                     f"{_fmt(m[f'distinct2_{s}']['mean'], float('nan'), 2)} / "
+                     f"{_fmt(m[f'gen_surprise_{s}']['mean'], float('nan'), 2)}" for s in p.samplers]
             lines.append(f"| {cell} | " + " | ".join(cells) + " |")
         if reference:
-            lines.append(f"| *test text itself* | " + " | ".join(
-                [f"{reference['genppl']:.1f} / {reference['distinct2']:.2f}"] * len(p.samplers)) + " |")
+            ref = (f"{reference['genppl']:.0f} / {reference['distinct2']:.2f} / "
+                   f"{reference.get('gen_surprise', float('nan')):.2f}")
+            lines.append("| *test text itself* | " + " | ".join([ref] * len(p.samplers)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -902,16 +927,23 @@ def _nan(x: Any) -> float:
     return x if x is not None else float("nan")
 
 
-def report(p: Preset, preset_name: str, out: Path, results: Path, info: dict[str, Any],
-           argv: list[str], timing: dict[str, Any]) -> dict[str, Any]:
-    """Write results JSON/CSV (per cell and per run), the Markdown tables and the plots."""
+def report(p: Preset, preset_name: str, s: Setup, results: Path, argv: list[str],
+           timing: dict[str, Any]) -> dict[str, Any]:
+    """Write results JSON/CSV (per cell and per run), the Markdown tables, the plots and a copy of the progress
+    log (timings)."""
     import csv
 
+    out, info = s.out, s.info
     results.mkdir(parents=True, exist_ok=True)
-    rows = collect_runs(p, out)
+    rows = collect_runs(p, out, s.surprise)
     summary = summarise(p, rows)
     ref_file = out / "reference_text.json"
     reference = json.loads(ref_file.read_text()) if ref_file.is_file() else None
+    if reference is not None:
+        reference["gen_surprise"] = mean_surprise(sample_prompts(s, p)[1], s.surprise)
+    timing = {**timing, **run_timing(rows)}
+    if (out / "progress.log").is_file():
+        shutil.copyfile(out / "progress.log", results / f"{RESULTS_STEM}-progress.log")
     data = {"command": "python -m emdm_train.experiments.surprise_masking " + " ".join(argv), "preset": preset_name,
             "settings": dataclasses.asdict(p), "setup": info, "timing": timing, "reference_text": reference,
             "cells": summary, "runs": rows}
@@ -932,6 +964,18 @@ def report(p: Preset, preset_name: str, out: Path, results: Path, info: dict[str
     except ImportError:
         logger.info("plots skipped: matplotlib is not installed (pip install matplotlib)")
     return data
+
+
+def run_timing(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Wall-clock totals and means over the finished runs (from their metrics.json, so resumed grids add up)."""
+    if not rows:
+        return {}
+    sampled = [r["sample_time_s"] for r in rows if any(k.startswith("distinct1_") for k in r)]
+    return {"runs": len(rows), "sum_run_time_s": float(sum(r["run_time_s"] for r in rows)),
+            "mean_run_time_s": float(np.mean([r["run_time_s"] for r in rows])),
+            "mean_train_time_s": float(np.mean([r["train_time_s"] for r in rows])),
+            "mean_eval_time_s": float(np.mean([r["eval_time_s"] for r in rows])),
+            "mean_sample_time_s": float(np.mean(sampled)) if sampled else None}
 
 
 # --- command line ------------------------------------------------------------------------------------------------
@@ -1027,7 +1071,7 @@ def main(argv: list[str] | None = None) -> int:
                             cell["cell"], seed, row["nelbo_bpt"], row["acc_low"], row["acc_high"],
                             row["train_time_s"], row["run_time_s"])
                 if "report" in args.phases:
-                    report(p, args.preset, out, results, s.info, argv, timing)
+                    report(p, args.preset, s, results, argv, {})
             timing["train_phase_s"] = time.perf_counter() - t_start
         if "genppl" in args.phases:
             t0 = time.perf_counter()
@@ -1050,11 +1094,7 @@ def main(argv: list[str] | None = None) -> int:
             timing["genppl_phase_s"] = time.perf_counter() - t0
         if "report" in args.phases:
             timing["total_s"] = time.perf_counter() - t_start
-            runs = [json.loads((run_dir(out, c["cell"], sd) / "metrics.json").read_text())
-                    for sd in p.seeds for c in p.cells() if (run_dir(out, c["cell"], sd) / "metrics.json").is_file()]
-            timing["sum_run_time_s"] = sum(r["run_time_s"] for r in runs)
-            timing["mean_train_time_s"] = float(np.mean([r["train_time_s"] for r in runs])) if runs else None
-            report(p, args.preset, out, results, s.info, argv, timing)
+            report(p, args.preset, s, results, argv, {"this_invocation": timing})
             logger.info("results: %s/%s.{json,csv}, %s-summary.md, plots", results, RESULTS_STEM, RESULTS_STEM)
     except EMDMError as exc:
         logger.error("error: %s", exc)
