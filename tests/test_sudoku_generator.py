@@ -327,3 +327,55 @@ def test_cli_size_4(tmp_path):
 def test_committed_9x9_set_still_regenerates():
     """The size option leaves 9x9 output alone: the README command reproduces the committed set's start."""
     assert list(S.generate(3, seed=20261, difficulties="easy,medium")) == read("test_easy.jsonl")[:3]
+
+
+# --- symmetric variants (augment) ----------------------------------------------------------------------------------
+def test_augmented_variants_are_valid_unique_and_rated_alike():
+    recs = read("test_easy.jsonl")[:20] + read("test_hard.jsonl")[:6]
+    puzzles = S.as_grids([r["puzzle"] for r in recs])
+    solutions = S.as_grids([r["solution"] for r in recs])
+    p, s = S.augment(puzzles, solutions, np.random.default_rng(0))
+    for rec, vp, vs in zip(recs, S.to_strings(p), S.to_strings(s)):
+        assert all(len({vs[i] for i in u}) == 9 for u in UNITS) and "0" not in vs  # a complete grid
+        assert all(a in ("0", b) for a, b in zip(vp, vs)) and vp.count("0") == rec["puzzle"].count("0")
+        assert vp != rec["puzzle"] and exact_cover_solutions(vp) == 1  # independent solver: one solution
+    assert S.rate(p) == [r["difficulty"] for r in recs]  # the same human strategies apply
+    with pytest.raises(ValueError, match="one shape"):
+        S.augment(puzzles, solutions[:3], np.random.default_rng(0))
+
+
+def test_augment_reaches_the_whole_symmetry_class():
+    """There are two essentially different 4x4 grids (classes of 96 and 192): augment reaches all of each class."""
+    reached = []
+    for start in ALL_GRIDS4[:2]:
+        grid = S.as_grids([start] * 8000)
+        _, s = S.augment(grid, grid, np.random.default_rng(1))
+        reached.append(set(S.to_strings(s)))
+    assert sorted(map(len, reached)) == [96, 192] and reached[0] | reached[1] == set(ALL_GRIDS4)
+
+
+def test_cli_augments_a_file(tmp_path):
+    src, out = tmp_path / "src.jsonl", tmp_path / "aug.jsonl"
+    recs = read("test_easy.jsonl")[:4]
+    src.write_text("".join(json.dumps({"puzzle": r["puzzle"], "solution": r["solution"]}) + "\n" for r in recs))
+    exclude = tmp_path / "exclude.jsonl"
+    exclude.write_text(json.dumps(recs[1]) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "emdm_train.data.sudoku", "--from", str(src), "--augment", "3",
+                           "--seed", "5", "--out", str(out), "--exclude", str(exclude)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(got) == 9 and [g["puzzle"] for g in got[::3]] == [recs[i]["puzzle"] for i in (0, 2, 3)]
+    assert all(g["difficulty"] == recs[0]["difficulty"] and g["prompt"] == g["puzzle"] for g in got[:3])
+    assert len({g["puzzle"] for g in got}) == 9
+    assert subprocess.run([sys.executable, "-m", "emdm_train.data.sudoku", "--from", str(src), "--augment", "3",
+                           "--seed", "5", "--out", str(tmp_path / "again.jsonl"), "--exclude", str(exclude)],
+                          cwd=ROOT, timeout=120).returncode == 0
+    assert (tmp_path / "again.jsonl").read_text() == out.read_text()  # seeded
+    src.write_text('{"puzzle": "123"}\n')
+    bad = subprocess.run([sys.executable, "-m", "emdm_train.data.sudoku", "--from", str(src), "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "'puzzle' and 'solution'" in bad.stderr
+    none = subprocess.run([sys.executable, "-m", "emdm_train.data.sudoku", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert none.returncode != 0 and "--n" in none.stderr

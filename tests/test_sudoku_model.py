@@ -99,7 +99,8 @@ def test_canvas_form_and_bad_lengths(loaded):
 def test_labels_give_a_loss_that_trains(loaded):
     model, tok = loaded
     torch.manual_seed(0)
-    model = type(model)(model.config).train()
+    config = arch.SudokuConfig(**{**model.config.to_dict(), "fixed_clues": False})  # the paper's: copying is learnt
+    model = type(model)(config).train()
     ids = with_masks(tok).repeat(4, 1)
     labels = torch.full_like(ids, -100)  # learn to copy the clues into the masked solution half
     labels[:, 82:] = torch.tensor([ZERO_ID + int(s) if p != "0" else -100 for p, s in zip(PUZZLE, SOLUTION)])
@@ -112,6 +113,39 @@ def test_labels_give_a_loss_that_trains(loaded):
         opt.step()
         losses.append(loss.item())
     assert losses[0] == pytest.approx(torch.log(torch.tensor(9.0)).item(), abs=0.3) and losses[-1] < losses[0] / 4
+
+
+def test_fixed_clues_are_certain_and_masked_or_revealed_alike(loaded):
+    model, tok = loaded
+    assert model.config.fixed_clues  # new model directories fix the clues
+    ids = with_masks(tok)
+    given = torch.tensor([c != "0" for c in PUZZLE])
+    clue_ids = torch.tensor([ZERO_ID + int(c) for c in PUZZLE])
+    revealed = ids.clone()
+    revealed[0, 82:][given] = clue_ids[given]  # the clue cells of the solution half filled in
+    with torch.no_grad():
+        masked_out, revealed_out = model(ids).logits[0, 82:], model(revealed).logits[0, 82:]
+    assert torch.equal(masked_out[given].argmax(-1), clue_ids[given])
+    assert (masked_out[given].softmax(-1).max(-1).values == 1).all()  # a margin of 1: certain
+    assert torch.allclose(masked_out, revealed_out, atol=1e-5)  # the model sees the same input either way
+    labels = torch.full_like(ids, -100)
+    labels[0, 82:][given] = clue_ids[given]
+    with torch.no_grad():
+        assert model(ids, labels=labels).loss.item() == 0.0  # no loss, so no capacity spent on copying
+    free = arch.SudokuForMaskedLM(arch.SudokuConfig(**{**model.config.to_dict(), "fixed_clues": False})).eval()
+    with torch.no_grad():
+        assert free(ids, labels=labels).loss.item() > 1.0  # without fixing, copying is something to learn
+
+
+def test_configs_without_fixed_clues_load_unfixed(tmp_path):
+    import json
+
+    path = arch.save_sudoku_model_dir(tmp_path, num_hidden_layers=1)
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["fixed_clues"] is True
+    cfg.pop("fixed_clues")  # a checkpoint written before the option existed: the model predicted clue cells
+    (path / "config.json").write_text(json.dumps(cfg))
+    assert arch.SudokuForMaskedLM.from_pretrained(path).config.fixed_clues is False
 
 
 def test_sizes_and_config_errors(tmp_path):
@@ -156,6 +190,9 @@ def test_cli_writes_an_init_dir(tmp_path, capsys):
     assert "parameters" in capsys.readouterr().out
     cfg = arch.SudokuConfig.from_pretrained(tmp_path / "m")
     assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.layout) == (2, 64, 256, "fused")
+    assert cfg.fixed_clues
+    main([str(tmp_path / "free"), "--layers", "1", "--no-fixed-clues"])
+    assert not arch.SudokuConfig.from_pretrained(tmp_path / "free").fixed_clues
     with pytest.raises(SystemExit, match="divisible"):
         main([str(tmp_path / "bad"), "--hidden", "65"])
 

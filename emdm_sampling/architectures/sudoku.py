@@ -15,6 +15,9 @@ Layouts (`SudokuConfig.layout`):
   its puzzle token (a second embedding table) plus row/column/box. Same information, half the length.
 * ``full``: the transformer runs over every token of the sequence (keys: the cells only).
 
+With ``fixed_clues`` (on in new models), a solution cell whose puzzle cell is a clue takes the clue as its input
+token and predicts it with certainty, masked or not: no capacity goes into copying clues.
+
 Logits: cells of the solution half and masked cells get the model's prediction restricted to the digits 1-9;
 every other position (given puzzle cells, [SEP], padding) predicts its own token, and a [MASK] past the 162nd
 cell (a masked [EOS] in training, extra generation room) predicts [EOS].
@@ -52,7 +55,7 @@ class SudokuConfig(PretrainedConfig):
                  layout: str = "fused", initializer_range: float = 0.02, layer_norm_eps: float = 1e-5,
                  zero_token_id: int = ZERO_ID, mask_token_id: int = MASK_ID, sep_token_id: int = SEP_ID,
                  pad_token_id: int = PAD_ID, eos_token_id: int = EOS_ID, max_position_embeddings: int | None = None,
-                 grid_size: int = 9, **kwargs) -> None:
+                 grid_size: int = 9, fixed_clues: bool = False, **kwargs) -> None:
         if layout not in ("fused", "full"):
             raise ValueError(f"SudokuConfig.layout must be 'fused' or 'full'; got {layout!r}")
         if grid_size not in GRID_SIZES:
@@ -71,6 +74,9 @@ class SudokuConfig(PretrainedConfig):
         self.zero_token_id = zero_token_id
         self.mask_token_id = mask_token_id
         self.sep_token_id = sep_token_id
+        # True: a solution cell whose puzzle cell is a clue reads that clue and predicts it with certainty (the
+        # model spends no capacity on copying, and a masked clue cell is the same input as a revealed one)
+        self.fixed_clues = bool(fixed_clues)
         self.grid_size = grid_size  # board side: 9 (81 cells, 3x3 boxes) or 4 (16 cells, 2x2 boxes)
         # puzzle, [SEP], solution, [EOS]: informational (load_denoiser reads it as the maximum length)
         self.max_position_embeddings = max_position_embeddings or 2 * grid_size * grid_size + 2
@@ -165,25 +171,34 @@ class SudokuForMaskedLM(PreTrainedModel):
                 **_) -> MaskedLMOutput:
         """Logits [B, L, V] aligned with input_ids (position_ids are ignored: the layout comes from the tokens)."""
         is_cell, segment, cell = self.layout(input_ids, attention_mask)
+        b, n = input_ids.shape[0], self.cells
+        slot = torch.where(is_cell, segment * n + cell, 2 * n)  # non-cells land in a spare slot
+        grid = input_ids.new_full((b, 2 * n + 1), self.config.pad_token_id).scatter(1, slot, input_ids)
+        z = self.config.zero_token_id
+        puzzle = grid[:, :n]  # the puzzle token of each cell ([PAD] in the canvas form)
+        index = cell.clamp(max=n - 1)
+        clue = puzzle.gather(1, index)  # [B, L]: the puzzle token of each position's cell
+        given = (clue > z) & (clue <= z + self.side) & (segment == 1)
+        if not getattr(self.config, "fixed_clues", False):
+            given = torch.zeros_like(given)
         if self.config.layout == "full":
-            x = self.token_emb(input_ids) + self.segment_emb(segment) + self._position(cell)
+            tokens = torch.where(given, clue, input_ids)
+            x = self.token_emb(tokens) + self.segment_emb(segment) + self._position(cell)
             pred = self._encode(x, is_cell[:, None, None, :])  # attend to cells only: [SEP] and padding are inert
         else:
-            b, n = input_ids.shape[0], self.cells
-            slot = torch.where(is_cell, segment * n + cell, 2 * n)  # non-cells land in a spare slot
-            grid = input_ids.new_full((b, 2 * n + 1), self.config.pad_token_id).scatter(1, slot, input_ids)
+            solution = grid[:, n:2 * n]
+            if getattr(self.config, "fixed_clues", False):
+                solution = torch.where((puzzle > z) & (puzzle <= z + self.side), puzzle, solution)
             cells = torch.arange(n, device=input_ids.device)
-            x = self.token_emb(grid[:, n:2 * n]) + self.clue_emb(grid[:, :n]) + self._position(cells)
-            index = cell.clamp(max=n - 1)[..., None].expand(-1, -1, self.config.vocab_size)
-            pred = self._encode(x, None).gather(1, index)
+            x = self.token_emb(solution) + self.clue_emb(puzzle) + self._position(cells)
+            pred = self._encode(x, None).gather(1, index[..., None].expand(-1, -1, self.config.vocab_size))
         vocab = torch.arange(self.config.vocab_size, device=pred.device)
-        z = self.config.zero_token_id
         pred = pred.masked_fill((vocab <= z) | (vocab > z + self.side), NEG)  # cells take the digits 1-n only
         masked = input_ids == self.config.mask_token_id
         tail = masked & ~is_cell  # the sequence ends after the solution: a mask there is [EOS]
-        target = torch.where(tail, self.config.eos_token_id, input_ids)
+        target = torch.where(tail, self.config.eos_token_id, torch.where(given, clue, input_ids))
         own = torch.full_like(pred, NEG).scatter(-1, target[..., None], 0.0)
-        use_model = (segment == 1) | (masked & is_cell)
+        use_model = ((segment == 1) | (masked & is_cell)) & ~given
         logits = torch.where(use_model[..., None], pred, own)
         loss = None
         if labels is not None:
@@ -215,11 +230,12 @@ def save_sudoku_model_dir(path: str | Path, size: str = "cpu", seed: int = 0, **
     """Write a randomly initialised model (config, safetensors weights) and the tokenizer to path; return it.
 
     `size` is ``cpu`` (about 0.8M parameters) or ``paper`` (3 layers, width 384, 12 heads: about 5.3M);
-    `overrides` replace config fields (e.g. ``num_hidden_layers=6``, ``layout="full"``, ``grid_size=4``).
+    `overrides` replace config fields (e.g. ``num_hidden_layers=6``, ``layout="full"``, ``grid_size=4``,
+    ``fixed_clues=False``: the model learns to copy the clues itself, as the paper's does).
     """
     if size not in SIZES:
         raise ValueError(f"unknown Sudoku model size {size!r}; choose one of {', '.join(SIZES)}")
-    config = SudokuConfig(**{**SIZES[size], **overrides})
+    config = SudokuConfig(**{**SIZES[size], "fixed_clues": True, **overrides})
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -242,9 +258,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--heads", type=int, help="num_attention_heads (default: the size's)")
     ap.add_argument("--grid-size", type=int, default=9, choices=GRID_SIZES,
                     help="board side: 9 (3x3 boxes) or 4 (2x2 boxes, 16 cells)")
+    ap.add_argument("--no-fixed-clues", dest="fixed_clues", action="store_false",
+                    help="let the model predict the clue cells of the solution (default: they are fixed to the clue)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    over: dict = {"layout": args.layout}
+    over: dict = {"layout": args.layout, "fixed_clues": args.fixed_clues}
     if args.grid_size != 9:
         over["grid_size"] = args.grid_size
     if args.layers:

@@ -6,7 +6,10 @@
   - ``easy``: naked and hidden singles suffice;
   - ``medium``: also needs naked/hidden pairs or triples, or locked candidates (pointing / claiming);
   - ``hard``: those strategies stall; the puzzle needs search (its uniqueness is checked by `count_solutions`).
-* CLI: ``python -m emdm_train.data.sudoku --n 100000 --out train.jsonl --seed 1 --difficulty easy,medium``.
+* `augment(puzzles, solutions, rng)`: random symmetric variants (digit relabelling, band/stack and row/column
+  permutations, transposition): the same puzzle for a solver, so the same difficulty and one solution.
+* CLI: ``python -m emdm_train.data.sudoku --n 100000 --out train.jsonl --seed 1 --difficulty easy,medium``;
+  ``--augment K`` writes each puzzle with K-1 variants; ``--from FILE`` augments puzzles already generated.
 
 Clue removal keeps a clue only while the puzzle stays solvable: for easy/medium puzzles by the strategy solver
 (a strategy-solvable puzzle has exactly one solution, as every strategy step is a sound deduction), for hard
@@ -367,6 +370,60 @@ def remove_clues(solutions: np.ndarray, rng: np.random.Generator, level: int | N
     return puzzles
 
 
+def augment(puzzles: np.ndarray, solutions: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Return a random symmetric variant of each (puzzle, solution) pair: flat grids [B, cells] -> same shapes.
+
+    Applies, per row, a digit relabelling, a permutation of the bands and of the rows inside each band, the same
+    for stacks and columns, and a transposition with probability 1/2; puzzle and solution get the same map, so
+    the variant has one solution iff the original has, and every human strategy applies to it alike.
+    """
+    puzzles, solutions = np.asarray(puzzles), np.asarray(solutions)
+    if puzzles.shape != solutions.shape or puzzles.ndim != 2:
+        raise ValueError(f"puzzles and solutions must be [B, cells] arrays of one shape; got {puzzles.shape} "
+                         f"and {solutions.shape}")
+    g = geometry(size_of_cells(puzzles.shape[1]))
+    b, n, k = len(puzzles), g.n, g.box
+
+    def lines() -> np.ndarray:  # [B, n]: a band order, then a row order inside each band
+        bands = rng.random((b, k)).argsort(1)
+        inside = rng.random((b, k, k)).argsort(2)
+        return (bands[:, :, None] * k + inside).reshape(b, n)
+
+    rows, cols = lines(), lines()
+    flip = rng.random(b) < 0.5
+    rows, cols = np.where(flip[:, None], cols, rows), np.where(flip[:, None], rows, cols)
+    lut = np.concatenate([np.zeros((b, 1), np.int64), rng.random((b, n)).argsort(1) + 1], 1)  # 0 stays blank
+    cell = rows[:, :, None] * n + cols[:, None, :]  # new (r, c) reads old (rows[r], cols[c])
+    cell = np.where(flip[:, None, None], cell.transpose(0, 2, 1), cell).reshape(b, g.cells)
+    at = np.arange(b)[:, None]
+
+    def remap(grids: np.ndarray) -> np.ndarray:
+        return lut[at, grids.astype(np.int64)[at, cell]].astype(grids.dtype)
+
+    return remap(puzzles), remap(solutions)
+
+
+def augmented(records: Iterable[dict], copies: int, seed: int = 0, skip: set[str] = frozenset(),
+              batch: int = 1000) -> Iterable[dict]:
+    """Yield each record followed by `copies - 1` random symmetric variants (a variant in `skip` is left out)."""
+    if copies < 1:
+        raise ValueError(f"--augment must be at least 1 (1 = no variants); got {copies}")
+    rng = np.random.default_rng([seed, 0x5d0c])
+    it = iter(records)
+    while chunk := list(itertools.islice(it, batch)):
+        variants = []
+        if copies > 1:
+            puzzles = np.repeat(as_grids([r["puzzle"] for r in chunk]), copies - 1, 0)
+            solutions = np.repeat(as_grids([r["solution"] for r in chunk]), copies - 1, 0)
+            p, s = augment(puzzles, solutions, rng)
+            variants = list(zip(to_strings(p), to_strings(s)))
+        for i, rec in enumerate(chunk):
+            yield rec
+            for p, s in variants[i * (copies - 1):(i + 1) * (copies - 1)]:
+                if p not in skip:
+                    yield record(p, s, rec.get("difficulty") or rate([p])[0])
+
+
 def _check_size(size: int, wanted: tuple[str, ...]) -> None:
     """Raise ValueError for an unknown size, or 4x4 without `easy` (every 4x4 puzzle falls to singles)."""
     geometry(size)
@@ -482,10 +539,23 @@ def load_puzzles(paths: Iterable[str | Path]) -> set[str]:
     return found
 
 
+def _read_records(paths: Iterable[str | Path]) -> Iterable[dict]:
+    """Yield puzzle records (puzzle, solution, optional difficulty) from JSONL files, checking the fields."""
+    for path in paths:
+        with open(path) as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                rec = json.loads(line)
+                if not isinstance(rec.get("puzzle"), str) or not isinstance(rec.get("solution"), str):
+                    raise ValueError(f"{path}:{number}: a record needs string fields 'puzzle' and 'solution'")
+                yield record(rec["puzzle"], rec["solution"], rec.get("difficulty") or rate([rec["puzzle"]])[0])
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI: write n generated puzzles as JSONL and report the speed on stderr."""
     ap = argparse.ArgumentParser(prog="python -m emdm_train.data.sudoku", description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, required=True, help="number of puzzles")
+    ap.add_argument("--n", type=int, help="number of puzzles to generate (with --from: the first n; default all)")
     ap.add_argument("--out", required=True, help="output JSONL path ('-' for stdout)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--difficulty", default="easy,medium", help="comma list of easy, medium, hard")
@@ -495,16 +565,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=1, help="processes (output does not depend on it)")
     ap.add_argument("--chunk", type=int, default=1000, help="puzzles per seeded chunk (output depends on it)")
     ap.add_argument("--exclude", nargs="*", default=[], help="JSONL files whose puzzles must not be emitted")
+    ap.add_argument("--augment", type=int, default=1, metavar="K",
+                    help="write each puzzle and K-1 random symmetric variants of it (relabelled digits, permuted "
+                         "rows/columns/bands/stacks, transposed): K times the data at no solver cost")
+    ap.add_argument("--from", dest="source", nargs="*", default=[], metavar="FILE",
+                    help="read puzzles from these JSONL files instead of generating (use with --augment)")
     args = ap.parse_args(argv)
+    if args.n is None and not args.source:
+        ap.error("give --n (puzzles to generate) or --from FILE (puzzles to augment)")
     try:
-        records = generate(args.n, args.seed, args.difficulty, args.min_clues, args.workers, args.chunk,
-                           load_puzzles(args.exclude), args.size)
+        skip = load_puzzles(args.exclude)
+        if args.source:
+            records = (r for r in _read_records(args.source) if r["puzzle"] not in skip)
+            records = itertools.islice(records, args.n) if args.n is not None else records
+        else:
+            records = generate(args.n, args.seed, args.difficulty, args.min_clues, args.workers, args.chunk,
+                               skip, args.size)
+        records = augmented(records, args.augment, args.seed, skip)
         start, count = time.time(), {d: 0 for d in DIFFICULTIES}
         out = sys.stdout if args.out == "-" else open(args.out, "w")
         try:
             for rec in records:
                 out.write(json.dumps(rec) + "\n")
-                count[rec["difficulty"]] += 1
+                count[rec["difficulty"]] = count.get(rec["difficulty"], 0) + 1
         finally:
             if out is not sys.stdout:
                 out.close()
