@@ -1,7 +1,7 @@
 """Sudoku benchmark: per sampler, solve rate, forward passes per puzzle and puzzles/s, with the step schedule and with
 confidence-threshold (parallel) decoding.
 
-    python benchmarks/bench_sudoku.py                # /work/runs/sudoku-cpu (else emdm:sudoku), test_easy, CPU
+    python benchmarks/bench_sudoku.py                # the embedded emdm:sudoku, test_easy, CPU
     python benchmarks/bench_sudoku.py --pretrained DIR --n 500 --batch-size 128 --device cuda
     python benchmarks/bench_sudoku.py --pretrained DIR --steps 27 50 81 --thresholds 0.9 0.7 0.5
 
@@ -32,7 +32,6 @@ sys.path.insert(0, str(ROOT))
 from emdm_sampling import SamplerConfig, generate, load_denoiser  # noqa: E402
 from emdm_sampling.errors import CheckpointError, EMDMError  # noqa: E402
 
-DEFAULT_PRETRAINED = Path("/work/runs/sudoku-cpu")  # the CPU Sudoku run of tasks/sudoku (when it exists)
 DEFAULT_DATA = ROOT / "tasks" / "sudoku" / "data" / "test_easy.jsonl"
 
 
@@ -45,18 +44,12 @@ def load_task_utils():
 
 
 def default_checkpoint() -> str:
-    """/work/runs/sudoku-cpu (finished, else its newest complete checkpoint-N), else the embedded emdm:sudoku."""
+    """The embedded emdm:sudoku checkpoint (the README's main job), or a clear error in a build without it."""
     from emdm_sampling.adapters import available_embedded
 
-    if (DEFAULT_PRETRAINED / "config.json").is_file():
-        return str(DEFAULT_PRETRAINED)
-    ckpts = sorted((p for p in DEFAULT_PRETRAINED.glob("checkpoint-*") if (p / "model.safetensors").is_file()
-                    and p.name.split("-")[-1].isdigit()), key=lambda p: int(p.name.split("-")[-1]))
-    if ckpts:
-        return str(ckpts[-1])
     if "sudoku" in available_embedded():
         return "emdm:sudoku"
-    raise CheckpointError(f"no Sudoku checkpoint at {DEFAULT_PRETRAINED} and none embedded; pass --pretrained DIR")
+    raise CheckpointError("no Sudoku checkpoint embedded in this build; pass --pretrained DIR")
 
 
 def decode_all(den, prompts: list[list[int]], batch_size: int, sync, **kw) -> tuple[list[list[int]], list[int], int,
@@ -121,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pretrained", default=None,
-                   help=f"Sudoku checkpoint (default: {DEFAULT_PRETRAINED} when it exists, else emdm:sudoku)")
+                   help="Sudoku checkpoint (default: the embedded emdm:sudoku)")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="JSONL with puzzle/solution fields")
     p.add_argument("--n", type=int, default=256, help="puzzles to decode per row")
     p.add_argument("--batch-size", type=int, default=64)

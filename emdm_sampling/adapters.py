@@ -246,6 +246,16 @@ def adapter_for(config: Any, adapter: str | None = None) -> type[Denoiser]:
     return MaskedLMDenoiser
 
 
+def mask_token_problem(mask_id: int | None, config: Any) -> str | None:
+    """Why `mask_id` cannot serve as the mask token of a model with this config, or None when it can."""
+    if mask_id is None:
+        return "no mask token (its tokenizer defines no mask_token and its config no mask_token_id)"
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    if vocab and not 0 <= int(mask_id) < vocab:
+        return f"mask token id {mask_id} is outside the model's vocabulary (size {vocab})"
+    return None
+
+
 def load_denoiser(pretrained: str | os.PathLike, adapter: str | None = None, device: str | torch.device | None = "cpu",
                   dtype: str | torch.dtype | None = None, trust_remote_code: bool = False,
                   mask_token_id: int | None = None, tokenizer: str | None = None, max_length: int | None = None,
@@ -288,13 +298,9 @@ def load_denoiser(pretrained: str | os.PathLike, adapter: str | None = None, dev
     model.to(dev).eval()
 
     mask_id = mask_token_id if mask_token_id is not None else cls.default_mask_token_id(config, tok)
-    if mask_id is None:
-        raise CheckpointError(f"checkpoint {path} has no mask token: its tokenizer defines no mask_token and its "
-                              f"config no mask_token_id; pass mask_token_id=<id>")
-    vocab = int(getattr(config, "vocab_size", 0) or 0)
-    if vocab and not 0 <= int(mask_id) < vocab:
-        raise CheckpointError(f"mask_token_id={mask_id} is outside the model's vocabulary (size {vocab}); pass the "
-                              f"id of the mask token the model was trained with")
+    problem = mask_token_problem(mask_id, config)
+    if problem:
+        raise CheckpointError(f"checkpoint {path}: {problem}; pass mask_token_id=<the id the model was trained with>")
     eos = tok.eos_token_id if tok.eos_token_id is not None else getattr(tok, "sep_token_id", None)
     if eos is None:
         eos = getattr(config, "eos_token_id", None)

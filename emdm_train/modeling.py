@@ -136,16 +136,14 @@ def load_model(name: str, config: Any, pretrained: bool, trust_remote_code: bool
 
 def resolve_mask_token(tokenizer: Any, config: Any, requested: int | None, name: str) -> int:
     """The mask id: --mask-token-id, else what the checkpoint's adapter finds (tokenizer or config; LLaDA: 126336)."""
-    from emdm_sampling.adapters import adapter_for
+    from emdm_sampling.adapters import adapter_for, mask_token_problem
 
     mask_id = requested if requested is not None else adapter_for(config).default_mask_token_id(config, tokenizer)
-    if mask_id is None:
-        raise TrainError(f"model {name} has no mask token (its tokenizer defines no mask_token and its config no "
-                         f"mask_token_id); pass --mask-token-id ID or --add-mask-token")
-    vocab = int(getattr(config, "vocab_size", 0) or 0)
-    if vocab and not 0 <= int(mask_id) < vocab:
-        raise TrainError(f"mask token id {mask_id} is outside the model's vocabulary (size {vocab}); pass "
-                         f"--mask-token-id with the id the model was trained with")
+    problem = mask_token_problem(mask_id, config)
+    if problem:
+        fix = ("--mask-token-id ID or --add-mask-token" if mask_id is None
+               else "--mask-token-id with the id the model was trained with")
+        raise TrainError(f"model {name}: {problem}; pass {fix}")
     return int(mask_id)
 
 
