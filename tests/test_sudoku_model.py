@@ -137,6 +137,36 @@ def test_fixed_clues_are_certain_and_masked_or_revealed_alike(loaded):
         assert free(ids, labels=labels).loss.item() > 1.0  # without fixing, copying is something to learn
 
 
+def test_peer_attention_sees_only_row_column_and_box(tmp_path):
+    """Three heads (row, column, box), one layer: a cell's prediction depends on its 20 peers and on nothing else."""
+    config = arch.SudokuConfig(num_hidden_layers=1, hidden_size=48, num_attention_heads=3, intermediate_size=96,
+                               peer_attention=True, fixed_clues=True)
+    model = arch.SudokuForMaskedLM(config).eval()
+    canvas = torch.full((1, 81), MASK_ID)
+    query = 40  # row 4, column 4, box 4
+    peers = {i for i in range(81) if i // 9 == 4 or i % 9 == 4 or (i // 27, i % 9 // 3) == (1, 1)} - {query}
+    assert len(peers) == 20
+    with torch.no_grad():
+        base = model(canvas).logits[0, query]
+        for cell in (0, 8, 30, 44, 76, 80):  # a peer changes the query's logits, a non-peer does not
+            changed = canvas.clone()
+            changed[0, cell] = ZERO_ID + 7
+            assert torch.allclose(model(changed).logits[0, query], base, atol=1e-6) == (cell not in peers), cell
+    mask = model.peer_mask[0]
+    assert mask.shape == (3, 81, 81) and set(mask[:, query].any(0).nonzero().flatten().tolist()) == peers | {query}
+    with pytest.raises(ValueError, match="fused"):
+        arch.SudokuConfig(peer_attention=True, layout="full")
+
+
+def test_peer_attention_checkpoint_round_trip(tmp_path):
+    from emdm_sampling.architectures.sudoku import main
+
+    main([str(tmp_path / "p"), "--layers", "1", "--peer-attention"])
+    model = arch.SudokuForMaskedLM.from_pretrained(tmp_path / "p")
+    assert model.config.peer_attention and model.peer_mask.shape == (1, 4, 81, 81)
+    assert not arch.SudokuConfig.from_pretrained(tmp_path / "p").to_dict().get("peer_mask")  # a buffer, not saved
+
+
 def test_configs_without_fixed_clues_load_unfixed(tmp_path):
     import json
 

@@ -55,11 +55,13 @@ class SudokuConfig(PretrainedConfig):
                  layout: str = "fused", initializer_range: float = 0.02, layer_norm_eps: float = 1e-5,
                  zero_token_id: int = ZERO_ID, mask_token_id: int = MASK_ID, sep_token_id: int = SEP_ID,
                  pad_token_id: int = PAD_ID, eos_token_id: int = EOS_ID, max_position_embeddings: int | None = None,
-                 grid_size: int = 9, fixed_clues: bool = False, **kwargs) -> None:
+                 grid_size: int = 9, fixed_clues: bool = False, peer_attention: bool = False, **kwargs) -> None:
         if layout not in ("fused", "full"):
             raise ValueError(f"SudokuConfig.layout must be 'fused' or 'full'; got {layout!r}")
         if grid_size not in GRID_SIZES:
             raise ValueError(f"SudokuConfig.grid_size must be 4 (2x2 boxes) or 9 (3x3 boxes); got {grid_size!r}")
+        if peer_attention and layout != "fused":
+            raise ValueError("SudokuConfig.peer_attention needs layout='fused' (heads attend over the cells)")
         if hidden_size % num_attention_heads:
             raise ValueError(f"hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}")
         self.vocab_size = vocab_size
@@ -77,6 +79,9 @@ class SudokuConfig(PretrainedConfig):
         # True: a solution cell whose puzzle cell is a clue reads that clue and predicts it with certainty (the
         # model spends no capacity on copying, and a masked clue cell is the same input as a revealed one)
         self.fixed_clues = bool(fixed_clues)
+        # True: attention head h sees only the cells that share a row (h % 4 == 0), a column (1) or a box (2) with
+        # the query cell, or every cell (3): the constraint graph as an inductive bias
+        self.peer_attention = bool(peer_attention)
         self.grid_size = grid_size  # board side: 9 (81 cells, 3x3 boxes) or 4 (16 cells, 2x2 boxes)
         # puzzle, [SEP], solution, [EOS]: informational (load_denoiser reads it as the maximum length)
         self.max_position_embeddings = max_position_embeddings or 2 * grid_size * grid_size + 2
@@ -99,7 +104,7 @@ class SudokuBlock(nn.Module):
         self.fc_out = nn.Linear(config.intermediate_size, d)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, L, D]; keep [B, 1, 1, L] bool (True = a key to attend to) or None."""
+        """x [B, L, D]; keep: bool mask broadcastable to [B, H, L, L] (True = a key to attend to), or None."""
         b, n, d = x.shape
         q, k, v = self.qkv(self.attn_norm(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         drop = self.dropout if self.training else 0.0
@@ -133,7 +138,17 @@ class SudokuForMaskedLM(PreTrainedModel):
         self.blocks = nn.ModuleList(SudokuBlock(config) for _ in range(config.num_hidden_layers))
         self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.head = nn.Linear(d, config.vocab_size)
+        self.register_buffer("peer_mask", self._peer_mask(config.num_attention_heads), persistent=False)
         self.post_init()
+
+    def _peer_mask(self, heads: int) -> torch.Tensor:
+        """[1, H, cells, cells] bool: head h attends within rows, columns, boxes or everywhere (h % 4 = 0..3)."""
+        cell = torch.arange(self.cells)
+        row, col = cell // self.side, cell % self.side
+        box = (row // self.box_side) * self.box_side + col // self.box_side
+        same = [unit[:, None] == unit[None, :] for unit in (row, col, box)]
+        same.append(torch.ones(self.cells, self.cells, dtype=torch.bool))
+        return torch.stack([same[h % 4] for h in range(heads)])[None]
 
     def layout(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         """Return (is_cell, segment, cell) [B, L]: segment 0 puzzle / 1 solution / 2 other, cell 0-80 (81: none)."""
@@ -191,7 +206,8 @@ class SudokuForMaskedLM(PreTrainedModel):
                 solution = torch.where((puzzle > z) & (puzzle <= z + self.side), puzzle, solution)
             cells = torch.arange(n, device=input_ids.device)
             x = self.token_emb(solution) + self.clue_emb(puzzle) + self._position(cells)
-            pred = self._encode(x, None).gather(1, index[..., None].expand(-1, -1, self.config.vocab_size))
+            keep = self.peer_mask if getattr(self.config, "peer_attention", False) else None
+            pred = self._encode(x, keep).gather(1, index[..., None].expand(-1, -1, self.config.vocab_size))
         vocab = torch.arange(self.config.vocab_size, device=pred.device)
         pred = pred.masked_fill((vocab <= z) | (vocab > z + self.side), NEG)  # cells take the digits 1-n only
         masked = input_ids == self.config.mask_token_id
@@ -258,11 +274,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--heads", type=int, help="num_attention_heads (default: the size's)")
     ap.add_argument("--grid-size", type=int, default=9, choices=GRID_SIZES,
                     help="board side: 9 (3x3 boxes) or 4 (2x2 boxes, 16 cells)")
+    ap.add_argument("--peer-attention", action="store_true",
+                    help="heads attend within rows / columns / boxes / everywhere (fused layout only)")
     ap.add_argument("--no-fixed-clues", dest="fixed_clues", action="store_false",
                     help="let the model predict the clue cells of the solution (default: they are fixed to the clue)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     over: dict = {"layout": args.layout, "fixed_clues": args.fixed_clues}
+    if args.peer_attention:
+        over["peer_attention"] = True
     if args.grid_size != 9:
         over["grid_size"] = args.grid_size
     if args.layers:
