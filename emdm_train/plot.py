@@ -1,6 +1,7 @@
-"""Plot a training run's loss curve from its `train_log.jsonl`.
+"""Plot a training run's loss curve from its `train_log.jsonl`, or compare several runs.
 
     python -m emdm_train.plot runs/sudoku --out loss.png
+    python -m emdm_train.plot runs/a runs/b --labels plain peer --out compare.png   # held-out loss per run
 """
 
 from __future__ import annotations
@@ -46,16 +47,52 @@ def plot_loss(records: list[dict], out: str | Path, title: str = "") -> Path:
     return Path(out)
 
 
+def plot_runs(runs: dict[str, list[dict]], out: str | Path, title: str = "") -> Path:
+    """Draw each run's held-out loss (training loss faint, same colour) against the step; write a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    for i, (label, records) in enumerate(runs.items()):
+        colour = f"C{i}"
+        train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+        held = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+        if train:
+            ax.plot(*zip(*train), color=colour, lw=0.8, alpha=0.35)
+        if held:
+            ax.plot(*zip(*held), "o-", color=colour, lw=1.5, ms=3, label=f"{label} (held-out)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats per maskable token)")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return Path(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     p = argparse.ArgumentParser(prog="python -m emdm_train.plot", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", help="the --output directory of an emdm_train run")
-    p.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/loss.png)")
+    p.add_argument("run_dir", nargs="+", help="the --output directory of an emdm_train run (several: compare them)")
+    p.add_argument("--labels", nargs="*", default=None, help="one legend label per run (default: directory names)")
+    p.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/loss.png; several runs: loss_compare.png)")
     p.add_argument("--title", default="")
     args = p.parse_args(argv)
+    labels = args.labels or [Path(r).name for r in args.run_dir]
+    if len(labels) != len(args.run_dir):
+        p.error(f"--labels gives {len(labels)} labels for {len(args.run_dir)} runs; give one per run")
     try:
-        out = plot_loss(read_log(args.run_dir), args.out or Path(args.run_dir) / "loss.png", args.title)
+        if len(args.run_dir) == 1:
+            out = plot_loss(read_log(args.run_dir[0]), args.out or Path(args.run_dir[0]) / "loss.png", args.title)
+        else:
+            runs = {label: read_log(run) for label, run in zip(labels, args.run_dir)}
+            out = plot_runs(runs, args.out or "loss_compare.png", args.title)
     except EMDMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

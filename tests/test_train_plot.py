@@ -21,3 +21,16 @@ def test_plot_writes_a_png(tmp_path):
 def test_missing_log_is_one_line(tmp_path, capsys):
     assert main([str(tmp_path / "nope")]) == 2
     assert "train_log.jsonl does not exist" in capsys.readouterr().err
+
+
+def test_compare_runs_writes_one_png(tmp_path, capsys):
+    for name, scale in (("a", 1.0), ("b", 0.5)):
+        (tmp_path / name).mkdir()
+        log = [{"step": s, "eval_loss": scale * 2 / (1 + s)} for s in (0, 10, 20)] + [{"step": 10, "loss": scale}]
+        (tmp_path / name / "train_log.jsonl").write_text("\n".join(json.dumps(r) for r in log))
+    out = tmp_path / "cmp.png"
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--labels", "plain", "peer", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "a"), str(tmp_path / "b"), "--labels", "only-one"])
+    assert "one per run" in capsys.readouterr().err
