@@ -152,7 +152,7 @@ def test_peer_attention_sees_only_row_column_and_box(tmp_path):
             changed = canvas.clone()
             changed[0, cell] = ZERO_ID + 7
             assert torch.allclose(model(changed).logits[0, query], base, atol=1e-6) == (cell not in peers), cell
-    mask = model.peer_mask[0]
+    mask = model.peer_mask()[0]
     assert mask.shape == (3, 81, 81) and set(mask[:, query].any(0).nonzero().flatten().tolist()) == peers | {query}
     with pytest.raises(ValueError, match="fused"):
         arch.SudokuConfig(peer_attention=True, layout="full")
@@ -162,9 +162,16 @@ def test_peer_attention_checkpoint_round_trip(tmp_path):
     from emdm_sampling.architectures.sudoku import main
 
     main([str(tmp_path / "p"), "--layers", "1", "--peer-attention"])
-    model = arch.SudokuForMaskedLM.from_pretrained(tmp_path / "p")
-    assert model.config.peer_attention and model.peer_mask.shape == (1, 4, 81, 81)
-    assert not arch.SudokuConfig.from_pretrained(tmp_path / "p").to_dict().get("peer_mask")  # a buffer, not saved
+    config = arch.SudokuConfig.from_pretrained(tmp_path / "p")
+    torch.manual_seed(0)
+    fresh = arch.SudokuForMaskedLM(config).eval()  # built directly: the reference mask and weights
+    fresh.save_pretrained(tmp_path / "p")
+    loaded = arch.SudokuForMaskedLM.from_pretrained(tmp_path / "p").eval()  # transformers builds it on meta
+    assert loaded.config.peer_attention and torch.equal(loaded.peer_mask(), fresh.peer_mask())
+    assert loaded.peer_mask().shape == (1, 4, 81, 81)
+    ids = torch.tensor([[ZERO_ID + int(c) if c != "0" else MASK_ID for c in PUZZLE]])
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, fresh(ids).logits, atol=1e-6)
 
 
 def test_configs_without_fixed_clues_load_unfixed(tmp_path):

@@ -138,16 +138,22 @@ class SudokuForMaskedLM(PreTrainedModel):
         self.blocks = nn.ModuleList(SudokuBlock(config) for _ in range(config.num_hidden_layers))
         self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.head = nn.Linear(d, config.vocab_size)
-        self.register_buffer("peer_mask", self._peer_mask(config.num_attention_heads), persistent=False)
+        self._peer_masks: dict[str, torch.Tensor] = {}  # built on first use: no buffer for loading to garble
         self.post_init()
 
-    def _peer_mask(self, heads: int) -> torch.Tensor:
+    def peer_mask(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """[1, H, cells, cells] bool: head h attends within rows, columns, boxes or everywhere (h % 4 = 0..3)."""
-        cell = torch.arange(self.cells)
+        key = str(device)
+        if key not in self._peer_masks:
+            self._peer_masks[key] = self._build_peer_mask(self.config.num_attention_heads).to(device)
+        return self._peer_masks[key]
+
+    def _build_peer_mask(self, heads: int) -> torch.Tensor:
+        cell = torch.arange(self.cells, device="cpu")
         row, col = cell // self.side, cell % self.side
         box = (row // self.box_side) * self.box_side + col // self.box_side
         same = [unit[:, None] == unit[None, :] for unit in (row, col, box)]
-        same.append(torch.ones(self.cells, self.cells, dtype=torch.bool))
+        same.append(torch.ones(self.cells, self.cells, dtype=torch.bool, device="cpu"))
         return torch.stack([same[h % 4] for h in range(heads)])[None]
 
     def layout(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
@@ -206,7 +212,7 @@ class SudokuForMaskedLM(PreTrainedModel):
                 solution = torch.where((puzzle > z) & (puzzle <= z + self.side), puzzle, solution)
             cells = torch.arange(n, device=input_ids.device)
             x = self.token_emb(solution) + self.clue_emb(puzzle) + self._position(cells)
-            keep = self.peer_mask if getattr(self.config, "peer_attention", False) else None
+            keep = self.peer_mask(input_ids.device) if getattr(self.config, "peer_attention", False) else None
             pred = self._encode(x, keep).gather(1, index[..., None].expand(-1, -1, self.config.vocab_size))
         vocab = torch.arange(self.config.vocab_size, device=pred.device)
         pred = pred.masked_fill((vocab <= z) | (vocab > z + self.side), NEG)  # cells take the digits 1-n only
