@@ -69,7 +69,8 @@ def test_margin_beats_vanilla_on_held_out_4x4_puzzles(tmp_path):
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in train))
     init = arch.save_sudoku_model_dir(tmp_path / "init", "cpu", seed=0, grid_size=4, hidden_size=64,
-                                      num_hidden_layers=2, num_attention_heads=4, intermediate_size=256)
+                                      num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+                                      peer_attention=True)
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "emdm_train", "--model", str(init), "--from-scratch", "--data", str(data),
