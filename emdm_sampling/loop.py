@@ -157,11 +157,9 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
         x0[scored] = flat_x0
         p_x0 = torch.zeros(scored.shape, dtype=flat.dtype, device=dev)
         p_x0[scored] = torch.exp(flat.gather(-1, flat_x0.unsqueeze(-1)).squeeze(-1) - flat_log_z)
-        log_z = torch.zeros_like(p_x0)
-        log_z[scored] = flat_log_z
         ctx = StepContext(
             step=nfe, x=xw[sub], logits=logits, scored=scored, flat_logits=flat, flat_log_z=flat_log_z,
-            log_z=log_z, x0=x0, p_x0=p_x0, masked=masked[sub],
+            x0=x0, p_x0=p_x0, masked=masked[sub],
             eligible=(masked & in_block)[sub], block=(fillw & in_block)[sub], fillable=fillw[sub],
             confidence=confidence[sub], k=reveal_counts(config.schedule, m_entry, bstep, block_steps)[sub],
             block_step=bstep[sub], block_steps=block_steps[sub], threshold=config.threshold, rng=_SubRNG(rng, sub),

@@ -22,57 +22,61 @@ def read_log(run_dir: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_loss(records: list[dict], out: str | Path, title: str = "") -> Path:
-    """Draw training loss and held-out loss against the step; write a PNG to `out`."""
+def _axes(title: str):
+    """A fresh (figure, axes) with the loss plots' size, labels and title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    held = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats per maskable token)")
+    ax.set_title(title)
+    return fig, ax
+
+
+def _save(fig, ax, out: str | Path) -> Path:
+    """Add the legend, write the PNG to `out` and close the figure."""
+    import matplotlib.pyplot as plt
+
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return Path(out)
+
+
+def _curves(records: list[dict]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(training loss, held-out loss) as (step, value) pairs."""
+    return ([(r["step"], r["loss"]) for r in records if "loss" in r],
+            [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r])
+
+
+def plot_loss(records: list[dict], out: str | Path, title: str = "") -> Path:
+    """Draw training loss and held-out loss against the step; write a PNG to `out`."""
+    fig, ax = _axes(title)
+    train, held = _curves(records)
     if train:
         ax.plot(*zip(*train), label="training loss", lw=1)
     if held:
         ax.plot(*zip(*held), "o-", label="held-out loss (uniform ELBO)", lw=1.5)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (nats per maskable token)")
-    ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return Path(out)
+    return _save(fig, ax, out)
 
 
 def plot_runs(runs: dict[str, list[dict]], out: str | Path, title: str = "") -> Path:
     """Draw each run's held-out loss (training loss faint, same colour) against the step; write a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    fig, ax = _axes(title)
     for i, (label, records) in enumerate(runs.items()):
-        colour = f"C{i}"
-        train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-        held = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+        train, held = _curves(records)
         if train:
-            ax.plot(*zip(*train), color=colour, lw=0.8, alpha=0.35)
+            ax.plot(*zip(*train), color=f"C{i}", lw=0.8, alpha=0.35)
         if held:
-            ax.plot(*zip(*held), "o-", color=colour, lw=1.5, ms=3, label=f"{label} (held-out)")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (nats per maskable token)")
+            ax.plot(*zip(*held), "o-", color=f"C{i}", lw=1.5, ms=3, label=f"{label} (held-out)")
     ax.set_yscale("log")
-    ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return Path(out)
+    return _save(fig, ax, out)
 
 
 def main(argv: list[str] | None = None) -> int:

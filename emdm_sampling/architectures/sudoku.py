@@ -199,22 +199,19 @@ class SudokuForMaskedLM(PreTrainedModel):
         grid = input_ids.new_full((b, 2 * n + 1), self.config.pad_token_id).scatter(1, slot, input_ids)
         z = self.config.zero_token_id
         puzzle = grid[:, :n]  # the puzzle token of each cell ([PAD] in the canvas form)
+        fixed = (puzzle > z) & (puzzle <= z + self.side) & self.config.fixed_clues  # [B, n]: clue cells to copy
         index = cell.clamp(max=n - 1)
         clue = puzzle.gather(1, index)  # [B, L]: the puzzle token of each position's cell
-        given = (clue > z) & (clue <= z + self.side) & (segment == 1)
-        if not getattr(self.config, "fixed_clues", False):
-            given = torch.zeros_like(given)
+        given = fixed.gather(1, index) & (segment == 1)  # solution positions whose cell is a fixed clue
         if self.config.layout == "full":
             tokens = torch.where(given, clue, input_ids)
             x = self.token_emb(tokens) + self.segment_emb(segment) + self._position(cell)
             pred = self._encode(x, is_cell[:, None, None, :])  # attend to cells only: [SEP] and padding are inert
         else:
-            solution = grid[:, n:2 * n]
-            if getattr(self.config, "fixed_clues", False):
-                solution = torch.where((puzzle > z) & (puzzle <= z + self.side), puzzle, solution)
+            solution = torch.where(fixed, puzzle, grid[:, n:2 * n])
             cells = torch.arange(n, device=input_ids.device)
             x = self.token_emb(solution) + self.clue_emb(puzzle) + self._position(cells)
-            keep = self.peer_mask(input_ids.device) if getattr(self.config, "peer_attention", False) else None
+            keep = self.peer_mask(input_ids.device) if self.config.peer_attention else None
             pred = self._encode(x, keep).gather(1, index[..., None].expand(-1, -1, self.config.vocab_size))
         vocab = torch.arange(self.config.vocab_size, device=pred.device)
         pred = pred.masked_fill((vocab <= z) | (vocab > z + self.side), NEG)  # cells take the digits 1-n only

@@ -28,7 +28,6 @@ class StepContext:
     scored: torch.Tensor  # [B, W] bool: positions whose proposals and statistics are computed (see below)
     flat_logits: torch.Tensor  # [N, V] float32 logits of the scored positions, row-major
     flat_log_z: torch.Tensor  # [N] their logsumexp
-    log_z: torch.Tensor  # [B, W] logsumexp of the logits (0 where not scored)
     x0: torch.Tensor  # [B, W] proposed tokens (argmax, or sampled at `temperature`; the current token elsewhere)
     p_x0: torch.Tensor  # [B, W] probability of the proposed token (0 where not scored)
     masked: torch.Tensor  # [B, W] bool: masked positions still to be decoded
@@ -65,6 +64,11 @@ class StepContext:
         out = values.new_zeros((*self.scored.shape, *values.shape[1:]))
         out[self.scored] = values
         return out
+
+    @cached_property
+    def log_z(self) -> torch.Tensor:
+        """[B, W] logsumexp of the logits at the scored positions, 0 elsewhere."""
+        return self.scatter(self.flat_log_z)
 
     @cached_property
     def flat_probs(self) -> torch.Tensor:

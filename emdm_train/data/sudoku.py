@@ -405,7 +405,8 @@ def augment(puzzles: np.ndarray, solutions: np.ndarray, rng: np.random.Generator
 
 def augmented(records: Iterable[dict], copies: int, seed: int = 0, skip: set[str] = frozenset(),
               batch: int = 1000) -> Iterable[dict]:
-    """Yield each record followed by `copies - 1` random symmetric variants (a variant in `skip` is left out)."""
+    """Yield each `record` dict followed by `copies - 1` random symmetric variants, labelled with its difficulty
+    (symmetry keeps it); a variant in `skip` is left out."""
     if copies < 1:
         raise ValueError(f"--augment must be at least 1 (1 = no variants); got {copies}")
     rng = np.random.default_rng([seed, 0x5d0c])
@@ -421,7 +422,7 @@ def augmented(records: Iterable[dict], copies: int, seed: int = 0, skip: set[str
             yield rec
             for p, s in variants[i * (copies - 1):(i + 1) * (copies - 1)]:
                 if p not in skip:
-                    yield record(p, s, rec.get("difficulty") or rate([p])[0])
+                    yield record(p, s, rec["difficulty"])
 
 
 def _check_size(size: int, wanted: tuple[str, ...]) -> None:
@@ -539,8 +540,9 @@ def load_puzzles(paths: Iterable[str | Path]) -> set[str]:
     return found
 
 
-def _read_records(paths: Iterable[str | Path]) -> Iterable[dict]:
-    """Yield puzzle records (puzzle, solution, optional difficulty) from JSONL files, checking the fields."""
+def _read_records(paths: Iterable[str | Path]) -> list[dict]:
+    """Puzzle records from JSONL files, fields checked; a record without a difficulty is rated (one batched call)."""
+    raw: list[dict] = []
     for path in paths:
         with open(path) as f:
             for number, line in enumerate(f, 1):
@@ -549,7 +551,10 @@ def _read_records(paths: Iterable[str | Path]) -> Iterable[dict]:
                 rec = json.loads(line)
                 if not isinstance(rec.get("puzzle"), str) or not isinstance(rec.get("solution"), str):
                     raise ValueError(f"{path}:{number}: a record needs string fields 'puzzle' and 'solution'")
-                yield record(rec["puzzle"], rec["solution"], rec.get("difficulty") or rate([rec["puzzle"]])[0])
+                raw.append(rec)
+    unrated = [r["puzzle"] for r in raw if not r.get("difficulty")]
+    labels = iter(rate(unrated) if unrated else [])
+    return [record(r["puzzle"], r["solution"], r.get("difficulty") or next(labels)) for r in raw]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
