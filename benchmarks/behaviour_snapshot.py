@@ -1,0 +1,167 @@
+"""Behaviour snapshot for refactors: generations, training losses and a Sudoku solve rate on fixed seeds.
+
+    python benchmarks/behaviour_snapshot.py --models snap-models --out before.json       # on the old code
+    python benchmarks/behaviour_snapshot.py --models snap-models --out after.json --compare before.json
+
+Records, offline on the CPU: (1) the tokens every registered built-in sampler generates on tiny random checkpoints
+of every family (blocks, temperature, threshold, cosine schedule and infilling variants); (2) the loss of every
+logged step of 20 training steps for every masking schedule on a tiny BERT; (3) the solve rate of the embedded
+`emdm:sudoku` checkpoint on the first `--sudoku-n` easy test puzzles with `margin` at 50 steps. `--compare`
+prints every difference and exits 1 when there is one (losses compared to 1e-6 relative).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SAMPLERS = ["vanilla", "top_prob", "margin", "entropy", "low_confidence_remask", "eags", "remdm", "surprise"]
+TEXTS = ["the cat sleeps", "the capital of france is", "one two three four five six seven"]
+VARIANTS = {
+    "plain": dict(steps=8, gen_length=8),
+    "blocks_t1": dict(steps=6, gen_length=12, block_length=4, temperature=1.0),
+    "threshold": dict(steps=8, gen_length=8, threshold=0.3),
+    "cosine_blocks": dict(steps=8, gen_length=10, block_length=5, schedule="cosine"),
+}
+MASKINGS = ["uniform", "llada", "surprise", "entropy"]
+
+
+def _tiny_builder():
+    try:
+        from emdm_models.tiny import build_tiny_checkpoint
+    except ImportError:
+        from emdm_sampling.tiny import build_tiny_checkpoint
+    return build_tiny_checkpoint
+
+
+def _checkpoint(models: Path, name: str, family: str, **kw) -> Path:
+    """A tiny checkpoint, built once into `models` and reused (the tokenizer trainer breaks ties differently in
+    every process, so a rebuilt checkpoint would not give comparable token ids)."""
+    path = models / name
+    if not (path / "config.json").exists():
+        _tiny_builder()(path, family, **kw)
+    return path
+
+
+def generations(models: Path) -> dict:
+    from emdm_sampling import generate, load_denoiser
+
+    out = {}
+    for family in ("bert", "modernbert", "llada", "dream"):
+        den = load_denoiser(_checkpoint(models, family, family), trust_remote_code=True)
+        den.surprise = torch.linspace(0, 9, den.vocab_size)
+        prompts = [den.tokenizer(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
+        for sampler in SAMPLERS:
+            for name, kw in VARIANTS.items():
+                res = generate(den, prompts, sampler=sampler, seed=3, stop_at_eos=False, **kw)
+                out[f"{family}/{sampler}/{name}"] = {"sequences": res.sequences, "nfe": res.nfe}
+        # infilling: masks inside the prompt, EOS stopping on
+        infill = [prompts[1][:2] + [den.mask_token_id] * 3 + prompts[1][2:]]
+        res = generate(den, infill, sampler="margin", steps=4, gen_length=4, seed=1)
+        out[f"{family}/margin/infill"] = {"sequences": res.sequences, "generated": res.generated, "nfe": res.nfe}
+    return out
+
+
+def training(models: Path, root: Path) -> dict:
+    from emdm_train.config import TrainConfig
+    from emdm_train.trainer import train
+
+    lines = [f"the {a} {n} {v} in the {p} ." for a in ("small", "big", "old") for n, v in
+             (("cat", "sleeps"), ("dog", "runs"), ("bird", "sings")) for p in ("park", "house", "river")] * 8
+    data = root / "corpus.jsonl"
+    data.write_text("\n".join(json.dumps({"text": t}) for t in lines))
+    model = _checkpoint(models, "train-bert", "bert", corpus=lines, hidden_size=32)
+    out = {}
+    torch.set_num_threads(1)
+    for masking in MASKINGS:
+        cfg = TrainConfig(model=str(model), data=str(data), output=str(root / f"run-{masking}"), max_steps=20,
+                          batch_size=8, learning_rate=3e-3, eval_every=10, save_every=0, log_every=5,
+                          progress=False, pack=False, val_split=0.1, max_length=24, masking=masking,
+                          report_to="none")
+        res = train(cfg)
+        out[masking] = [{k: v for k, v in rec.items() if k in ("step", "loss", "eval_loss", "eval_accuracy")}
+                        for rec in res.history]
+    return out
+
+
+def sudoku(n: int) -> dict:
+    from emdm_sampling import generate, load_denoiser
+
+    spec_path = ROOT / "tasks" / "sudoku" / "utils.py"
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sudoku_task_utils", spec_path)
+    utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    rows = [json.loads(line) for line in (ROOT / "tasks" / "sudoku" / "data" / "test_easy.jsonl").open()][:n]
+    den = load_denoiser("emdm:sudoku")
+    tok = den.tokenizer
+    prompts = [tok(r["puzzle"], add_special_tokens=False)["input_ids"] for r in rows]
+    res = generate(den, prompts, sampler="margin", steps=50, gen_length=81, seed=0)
+    texts = [tok.decode(g) for g in res.generated]
+    solved = [bool(utils.process_results(r, [t])["solved"]) for r, t in zip(rows, texts)]
+    return {"n": n, "solved": sum(solved), "outputs": texts}
+
+
+def compare(before: dict, after: dict) -> list[str]:
+    problems = []
+    for key, value in before["generations"].items():
+        if after["generations"].get(key) != value:
+            problems.append(f"generation {key}: {value} -> {after['generations'].get(key)}")
+    for masking, recs in before["training"].items():
+        new = after["training"].get(masking)
+        if new is None or len(new) != len(recs):
+            problems.append(f"training {masking}: {len(recs)} records -> {None if new is None else len(new)}")
+            continue
+        for a, b in zip(recs, new):
+            for k, v in a.items():
+                w = b.get(k)
+                if isinstance(v, float) and isinstance(w, float):
+                    if abs(v - w) > 1e-6 * max(1.0, abs(v)):
+                        problems.append(f"training {masking} step {a['step']} {k}: {v} -> {w}")
+                elif v != w:
+                    problems.append(f"training {masking} step {a['step']} {k}: {v} -> {w}")
+    if before["sudoku"] != after["sudoku"]:
+        problems.append(f"sudoku: solved {before['sudoku']['solved']} -> {after['sudoku']['solved']} "
+                        f"(outputs equal: {before['sudoku']['outputs'] == after['sudoku']['outputs']})")
+    return problems
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="write the snapshot JSON here")
+    ap.add_argument("--compare", help="a snapshot written earlier: print the differences, exit 1 if any")
+    ap.add_argument("--models", required=True, help="folder for the tiny checkpoints (built on the first run, "
+                    "reused by later ones)")
+    ap.add_argument("--sudoku-n", type=int, default=200)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        models = Path(args.models)
+        snap = {"generations": generations(models), "training": training(models, root),
+                "sudoku": sudoku(args.sudoku_n)}
+    Path(args.out).write_text(json.dumps(snap))
+    print(f"{len(snap['generations'])} generations, {len(snap['training'])} training runs, sudoku "
+          f"{snap['sudoku']['solved']}/{snap['sudoku']['n']} solved -> {args.out}")
+    if args.compare:
+        problems = compare(json.loads(Path(args.compare).read_text()), snap)
+        print("\n".join(problems) if problems else f"identical to {args.compare}")
+        return 1 if problems else 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
