@@ -33,7 +33,7 @@ def main() -> None:
     from lm_eval.api.instance import Instance
 
     from emdm_eval.model import EMDMLM
-    from emdm_sampling.tiny import DEMO_CORPUS, build_tiny_checkpoint
+    from emdm_models.tiny import DEMO_CORPUS, build_tiny_checkpoint
 
     path = args.pretrained or str(build_tiny_checkpoint(tempfile.mkdtemp() + "/bert", "bert"))
     lm = EMDMLM(pretrained=path, device=args.device, sampler=args.sampler, steps=args.steps, mc_num=args.mc_num,

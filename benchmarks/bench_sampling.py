@@ -14,7 +14,8 @@ import time
 import torch
 
 from emdm_sampling import available_samplers, generate
-from emdm_sampling.adapters import MaskedLMDenoiser, resolve_device
+from emdm_core.devices import resolve_device
+from emdm_models.families.masked_lm import MaskedLMDenoiser
 
 
 def build_model(vocab: int, hidden: int, layers: int, max_length: int, device: torch.device) -> MaskedLMDenoiser:

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emdm_sampling.surprise import SurpriseTable  # noqa: E402
+from emdm_core.surprise import SurpriseTable  # noqa: E402
 from emdm_train.masking import Noise, build_masking, maskable_positions, weighted_mlm_loss_sum  # noqa: E402
 
 PAD, CLS, SEP, MASK = 0, 1, 2, 3

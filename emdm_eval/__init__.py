@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["EMDMLM", "tasks_dir"]
+__all__ = ["EMDMLM", "task_paths", "tasks_dir"]
 
 
 def tasks_dir() -> Path | None:
@@ -20,6 +20,16 @@ def tasks_dir() -> Path | None:
         if (cand / "demo").is_dir():
             return cand
     return None
+
+
+def task_paths(include_path=None) -> list[str]:
+    """lm-eval's `include_path` with emdm's task folder first (later paths take precedence: the user's win)."""
+    paths = [] if include_path is None else (
+        [str(p) for p in include_path] if isinstance(include_path, (list, tuple)) else [str(include_path)])
+    ours = tasks_dir()
+    if ours is not None and str(ours) not in paths:
+        paths = [str(ours), *paths]
+    return paths
 
 
 def __getattr__(name):

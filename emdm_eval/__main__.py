@@ -2,7 +2,8 @@
 
 Takes exactly lm-eval's arguments (`emdm-eval --model emdm --model_args pretrained=DIR --tasks emdm_demo`). It
 needs no `.pth` hook: it registers the model itself, adds emdm's `tasks/` folder to the task search path (next to
-any `--include_path` you give), and prints emdm's own errors as one line (`error: ...`, exit status 2).
+any `--include_path` you give), checks `--model_args` before lm-eval spends a minute indexing its tasks, and prints
+emdm's own errors as one line (`error: ...`, exit status 2).
 Also works under `accelerate launch [--cpu] --num_processes N -m emdm_eval ...`.
 """
 
@@ -10,16 +11,14 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Sequence
 
 
 def _add_task_dir() -> None:
-    """Make lm-eval's TaskManager also search emdm's tasks folder."""
-    from . import tasks_dir
-
-    ours = tasks_dir()
-    if ours is None:
-        return
+    """Make lm-eval's TaskManager also search emdm's tasks folder (the user's --include_path takes precedence)."""
     import lm_eval.tasks as lm_tasks
+
+    from . import task_paths
 
     base = lm_tasks.TaskManager
     if getattr(base, "_emdm_tasks", False):
@@ -29,41 +28,62 @@ def _add_task_dir() -> None:
         _emdm_tasks = True
 
         def __init__(self, *args, include_path=None, **kwargs):
-            paths = [] if include_path is None else (
-                list(include_path) if isinstance(include_path, (list, tuple)) else [include_path])
-            if str(ours) not in [str(p) for p in paths]:
-                paths = [str(ours), *paths]  # later paths take precedence: the user's override ours
-            super().__init__(*args, include_path=paths, **kwargs)
+            super().__init__(*args, include_path=task_paths(include_path) or None, **kwargs)
 
     TaskManager.__name__ = TaskManager.__qualname__ = base.__name__
     lm_tasks.TaskManager = TaskManager
 
 
-def main(argv: list[str] | None = None) -> int:
+def _flag(argv: Sequence[str], name: str) -> str | None:
+    """The value of `--name X` / `--name=X` in argv (the last one), or None."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def check_model_args(argv: Sequence[str]) -> None:
+    """For `--model emdm`: type and check `--model_args` and read the checkpoint's config now, so that a typo fails
+    in a second instead of after lm-eval has indexed its tasks."""
+    if _flag(argv, "--model") != "emdm":
+        return
+    from lm_eval.utils import simple_parse_args_string
+
+    from emdm_models.loading import read_config
+
+    from .model import parse_model_args
+
+    args, _config = parse_model_args(simple_parse_args_string(_flag(argv, "--model_args") or ""))
+    read_config(str(args.pretrained), args.trust_remote_code or "--trust_remote_code" in argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from emdm_sampling.cpu_launch import relaunch_on_cpu, requested_cpu_processes
+    from emdm_core.launch import relaunch_on_cpu, requested_cpu_processes
 
     nprocs = requested_cpu_processes()
     if nprocs > 1:  # `accelerate launch --cpu --num_processes N -m emdm_eval`: accelerate started one process
         return relaunch_on_cpu(nprocs, ["-m", "emdm_eval", *argv])
-    from emdm_sampling.errors import EMDMError
-
     from .registration import register
 
-    try:
-        register()
-        _add_task_dir()
-        from lm_eval.__main__ import cli_evaluate
+    check_model_args(argv)
+    register()
+    _add_task_dir()
+    from lm_eval.__main__ import cli_evaluate
 
-        sys.argv = ["lm_eval", *argv]
-        cli_evaluate()
-    except EMDMError as exc:
-        if os.environ.get("EMDM_TRACEBACK"):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    sys.argv = ["lm_eval", *argv]
+    cli_evaluate()
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from emdm_core.cli import run_cli
+
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

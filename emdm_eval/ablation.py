@@ -64,15 +64,9 @@ class GridPoint:
 
 def parse_kv(text: str, what: str = "--option") -> dict[str, str]:
     """Parse `k=v,k=v` into a dict; raise ConfigError on an item without `=`."""
-    from emdm_sampling.errors import ConfigError
+    from emdm_core.typed import parse_mapping
 
-    out: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        if "=" not in item:
-            raise ConfigError(f"{what} {text!r}: expected key=value[,key=value...]; got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = value.strip()
-    return out
+    return parse_mapping(text, what)
 
 
 def build_grid(samplers: Sequence[str], steps: Sequence[int], option_sets: Sequence[dict[str, str]],
@@ -251,7 +245,7 @@ def plot(rows: Sequence[dict[str, Any]], metric: str, path: Path, title: str = "
 
 def pick_metric(rows: Sequence[dict[str, Any]], wanted: str | None) -> str:
     """The metric column to plot: `wanted` (a column or a bare metric name), default the first metric."""
-    from emdm_sampling.errors import ConfigError
+    from emdm_core.errors import ConfigError
 
     names = metric_names(rows)
     if not names:
@@ -286,15 +280,14 @@ def _task_manager(include: Sequence[str]):
     """A TaskManager that also searches emdm's task folder and `include`."""
     from lm_eval.tasks import TaskManager
 
-    from . import tasks_dir
+    from . import task_paths
 
-    paths = [str(p) for p in ([tasks_dir()] if tasks_dir() else []) + list(include)]
-    return TaskManager(include_path=paths or None)
+    return TaskManager(include_path=task_paths(list(include)) or None)
 
 
 def _check_tasks(tm, tasks: Sequence[str]) -> None:
     """Raise a one-line ConfigError for a task name lm-eval does not know."""
-    from emdm_sampling.errors import ConfigError
+    from emdm_core.errors import ConfigError
 
     known = set(tm.all_tasks)
     bad = [t for t in tasks if t not in known]
@@ -399,21 +392,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point: run the grid; emdm's errors print as one line (exit status 2)."""
-    from emdm_sampling.errors import EMDMError
+    """CLI entry point: run the grid; emdm's errors print as one line (exit status 2), Ctrl-C says how to resume."""
+    from emdm_core.cli import run_cli
 
-    args = build_parser().parse_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if not args.verbose:  # lm-eval repeats its task warnings at every grid point
-        logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    try:
+    def _run(argv: Sequence[str] | None) -> int:
+        args = build_parser().parse_args(argv)
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        if not args.verbose:  # lm-eval repeats its task warnings at every grid point
+            logging.getLogger("lm_eval").setLevel(logging.ERROR)
         run(args)
-    except EMDMError as exc:
-        if os.environ.get("EMDM_TRACEBACK"):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_cli(_run, argv, interrupted="interrupted; run the same command again to resume (results.csv keeps "
+                                           "the grid points already done)")
 
 
 if __name__ == "__main__":

@@ -15,18 +15,11 @@ does not depend on the other requests, the batch size, the process count or the 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
-
-def stable_seed(*parts: Any) -> int:
-    """A 63-bit seed from JSON-serialisable parts (stable across processes and runs, unlike `hash()`)."""
-    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
-    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") & ((1 << 63) - 1)
 
 
 def stratified_mask_counts(length: int, n: int, generator: torch.Generator) -> torch.Tensor:

@@ -5,87 +5,111 @@
 Generation goes through `emdm_sampling.generate` (any registered sampler), log-likelihoods through the Monte Carlo
 ELBO of `emdm_eval.likelihood`. Every source of randomness is seeded per request from lm-eval's `--seed` (its torch
 seed, or `seed=` in `--model_args`) and the request itself, so scores do not move with `--batch_size` or the number
-of processes. See docs/lm-eval.md for every argument.
+of processes. See the README ("Model arguments") for every argument.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
-import sys
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
-from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+from lm_eval.models.utils import Collator, handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 from tqdm import tqdm
 
-from emdm_sampling import SamplerConfig, generate, get_sampler, load_denoiser
-from emdm_sampling.errors import ConfigError, EMDMError, InputTooLongError
+from emdm_core import typed
+from emdm_core.cli import install_excepthook
+from emdm_core.devices import resolve_device
+from emdm_core.errors import ConfigError, InputTooLongError
+from emdm_core.launch import relaunch_on_cpu, requested_cpu_processes
+from emdm_core.seeds import stable_seed
+from emdm_core.typed import at_least, option
+from emdm_models.loading import load_denoiser
+from emdm_sampling import SamplerConfig, generate
 
-from emdm_sampling.cpu_launch import relaunch_on_cpu, requested_cpu_processes
-from .likelihood import elbo_loglikelihood, stable_seed
+from .likelihood import elbo_loglikelihood
 from .registration import register as _register
 
 eval_logger = logging.getLogger("lm_eval.models.emdm")
 
-# model_args that are not sampler options, with their defaults.
-MODEL_ARGS: dict[str, Any] = {
-    "pretrained": None,
-    "adapter": None,
-    "tokenizer": None,
-    "mask_token_id": None,
-    "max_length": None,
-    "dtype": None,
-    "trust_remote_code": False,
-    "peft": None,
-    "device": None,
-    "batch_size": 1,
-    "max_batch_size": 64,
-    "max_gen_toks": 256,
-    "gen_length": None,
-    "mc_num": 128,
-    "mc_batch_size": 32,
-    "greedy": "onepass",
-    "truncation": "error",
-    "add_bos_token": True,
-    "chat_template": None,
-    "seed": None,
-}
-# SamplerConfig fields the model sets itself (per request): not user options of the sampler config here.
-_SAMPLER_RESERVED = ("gen_length", "seed")
-_GREEDY_MODES = ("onepass", "decode", "off")
-_TRUNCATION_MODES = ("error", "left")
 
-
-def _as_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    low = str(value).strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off", "none"):
-        return False
-    raise ConfigError(f"{name}={value!r} is not a boolean; use True or False")
-
-
-def _as_int(name: str, value: Any, minimum: int | None = None, allow_none: bool = False) -> int | None:
-    if value is None or (allow_none and str(value).strip().lower() in ("none", "null", "")):
-        if allow_none:
-            return None
-        raise ConfigError(f"{name} needs a value")
+def _batch_size_problem(value: str) -> str | None:
+    text = str(value).strip().lower()
+    if text.startswith("auto"):
+        return None
     try:
-        out = int(value) if not isinstance(value, str) else int(float(value))
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}={value!r} is not an integer") from None
-    if minimum is not None and out < minimum:
-        raise ConfigError(f"{name} must be >= {minimum} (got {out})")
-    return out
+        return None if int(float(text)) >= 1 and float(text).is_integer() else "must be >= 1 or auto"
+    except ValueError:
+        return "is not an integer; use a positive integer, auto or auto:N"
+
+
+@dataclass(frozen=True)
+class EMDMArgs:
+    """The `--model_args` of `--model emdm` that are not sampler options (those are `SamplerConfig`'s)."""
+
+    pretrained: str | None = option(None, "checkpoint directory, emdm:NAME or Hub id (required)")
+    adapter: str | None = option(None, "force the model family (default: from the config)")
+    tokenizer: str | None = option(None, "load the tokenizer from another path or Hub id")
+    mask_token_id: int | None = option(None, "the mask id, when neither the tokenizer nor the config has it")
+    max_length: int | None = option(None, "maximum sequence length (default: the config's)", check=at_least(2))
+    dtype: str | None = option(None, "auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
+    trust_remote_code: bool = option(False, "allow the checkpoint's own model code")
+    peft: str | None = option(None, "a LoRA/PEFT adapter directory, loaded on top of pretrained and merged")
+    device: str | None = option(None, "cuda, cuda:1, cpu, ... (default: cuda when available)")
+    batch_size: str = option("1", "requests per generation batch, or auto / auto:N", check=_batch_size_problem)
+    max_batch_size: int = option(64, "upper bound for batch_size=auto", check=at_least(1))
+    max_gen_toks: int = option(256, "generation length of requests that do not set max_gen_toks",
+                               check=at_least(0))
+    gen_length: int | None = option(None, "force this generation length on every request", check=at_least(0))
+    mc_num: int = option(128, "Monte Carlo draws per loglikelihood request and rolling window", check=at_least(1))
+    mc_batch_size: int | None = option(32, "rows per forward pass for those draws", check=at_least(1))
+    greedy: str = option("onepass", "how is_greedy is computed", choices=("onepass", "decode", "off"))
+    truncation: str = option("error", "a too long prompt is an error, or loses its oldest tokens (left)",
+                             choices=("error", "left"))
+    add_bos_token: bool = option(True, "put the tokenizer's BOS (or CLS) token in front of prompts")
+    chat_template: str | None = option(None, "a Jinja chat template (a file path or the template itself)")
+    seed: int | None = option(None, "base seed (default: lm-eval's torch seed, --seed)")
+
+    def __post_init__(self) -> None:
+        typed.check_fields(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in typed.fields(cls)]
+
+
+MODEL_ARGS: tuple[str, ...] = tuple(EMDMArgs.field_names())
+
+
+def parse_model_args(kwargs: Mapping[str, Any], config_class: type = SamplerConfig) -> tuple[EMDMArgs, SamplerConfig]:
+    """Split `--model_args` into the model arguments and the sampler config, typed and checked; unknown keys are
+    one error that lists the valid ones. Used by `EMDMLM` and, before lm-eval indexes its tasks, by `emdm-eval`."""
+    kwargs = dict(kwargs)
+    model_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in MODEL_ARGS}
+    sampler = str(kwargs.get("sampler", config_class().sampler))
+    from emdm_sampling.strategies import get_sampler
+
+    strategy = get_sampler(sampler)  # ConfigError naming the registered samplers
+    sampler_fields = [n for n in config_class.field_names() if n not in config_class.PER_REQUEST]
+    unknown = sorted(k for k in kwargs if k not in sampler_fields and k not in strategy.options)
+    if unknown:
+        raise ConfigError(
+            f"unknown --model_args key(s) {', '.join(unknown)} for --model emdm; model arguments: "
+            f"{', '.join(MODEL_ARGS)}; sampler arguments: {', '.join(sorted(sampler_fields))}; "
+            f"sampler {sampler!r} options: {', '.join(sorted(strategy.options)) or 'none'}")
+    args = typed.build(EMDMArgs, model_kw, origin="--model_args")
+    if args.pretrained in (None, ""):
+        raise ConfigError("emdm needs a checkpoint: pass --model_args pretrained=<checkpoint directory or Hub id>")
+    return args, config_class.from_kwargs(**kwargs)
 
 
 def _launched_world_size() -> int:
@@ -100,10 +124,21 @@ def _launched_world_size() -> int:
     return 1
 
 
+@dataclass
+class _Request:
+    """One generate_until request, prepared: its index, prompt ids, decoding config and stop strings."""
+
+    index: int
+    prompt: list[int]
+    config: SamplerConfig
+    until: list[str]
+
+
 class EMDMLM(TemplateLM):
     """lm-eval model for masked diffusion LMs (registered as `emdm`)."""
 
     backend = "causal"  # context + continuation are encoded together, then split (TemplateLM._encode_pair)
+    config_class: type = SamplerConfig  # the sampler's typed config (a subclass may add shared options)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
@@ -112,30 +147,17 @@ class EMDMLM(TemplateLM):
             raise SystemExit(relaunch_on_cpu(nprocs))
         # lm-eval seeds torch (--seed, default 1234) right before it builds the model: that is our base seed.
         lm_eval_seed = torch.initial_seed()
-        args = {k: kwargs.pop(k) for k in list(kwargs) if k in MODEL_ARGS}
-        opts = {**MODEL_ARGS, **args}
-        if opts["pretrained"] in (None, ""):
-            raise ConfigError("emdm needs a checkpoint: pass --model_args pretrained=<checkpoint directory or Hub id>")
-
-        self._set_sampler(kwargs)  # sampler: shared fields and the strategy's own options; else unknown
-
-        self.mc_num = _as_int("mc_num", opts["mc_num"], minimum=1)
-        self.mc_batch_size = _as_int("mc_batch_size", opts["mc_batch_size"], minimum=1, allow_none=True)
-        self.greedy = str(opts["greedy"]).lower()
-        if self.greedy not in _GREEDY_MODES:
-            raise ConfigError(f"greedy={opts['greedy']!r} is unknown; use one of {', '.join(_GREEDY_MODES)}")
-        self.truncation = str(opts["truncation"]).lower()
-        if self.truncation not in _TRUNCATION_MODES:
-            raise ConfigError(f"truncation={opts['truncation']!r} is unknown; use one of "
-                              f"{', '.join(_TRUNCATION_MODES)}")
-        self._max_gen_toks = _as_int("max_gen_toks", opts["max_gen_toks"], minimum=0)
-        self.gen_length = _as_int("gen_length", opts["gen_length"], minimum=0, allow_none=True)
-        self.add_bos_token = _as_bool("add_bos_token", opts["add_bos_token"])
-        self.seed = int(opts["seed"]) if opts["seed"] not in (None, "None", "") else int(lm_eval_seed)
-        self.max_batch_size = _as_int("max_batch_size", opts["max_batch_size"] or 64, minimum=1)
-        self.batch_size = self._parse_batch_size(opts["batch_size"])
+        self.args, self.sampler_config = parse_model_args(kwargs, self.config_class)
+        args = self.args
+        self.mc_num, self.mc_batch_size, self.greedy, self.truncation = (args.mc_num, args.mc_batch_size,
+                                                                          args.greedy, args.truncation)
+        self._max_gen_toks, self.gen_length, self.add_bos_token = args.max_gen_toks, args.gen_length, \
+            args.add_bos_token
+        self.seed = int(args.seed) if args.seed is not None else int(lm_eval_seed)
+        self.max_batch_size = args.max_batch_size
+        text = str(args.batch_size).strip().lower()
+        self.batch_size: int | str = "auto" if text.startswith("auto") else int(float(text))
         self._auto_batch: int | None = None
-        trust_remote_code = _as_bool("trust_remote_code", opts["trust_remote_code"])
 
         # --- processes and device (accelerate launch -> data parallel) ----------------------------------------
         self.accelerator = None
@@ -146,30 +168,29 @@ class EMDMLM(TemplateLM):
 
             # On a machine without CUDA (or with device=cpu) the processes talk over gloo: accelerate only picks
             # its MULTI_CPU mode when asked for the CPU explicitly.
-            use_cpu = not torch.cuda.is_available() or str(opts["device"] or "").startswith("cpu")
+            use_cpu = not torch.cuda.is_available() or str(args.device or "").startswith("cpu")
             acc = Accelerator(cpu=use_cpu, kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(weeks=52))])
             if acc.num_processes > 1:
                 self.accelerator = acc
                 self._rank, self._world_size = acc.process_index, acc.num_processes
-        device = self.accelerator.device if self.accelerator is not None else self._pick_device(opts["device"])
-        if self.world_size > 1 and opts["seed"] in (None, "None", ""):
+        device = (self.accelerator.device if self.accelerator is not None
+                  else resolve_device(args.device, warn=lambda m: eval_logger.warning(f"emdm: {m}")))
+        if self.world_size > 1 and args.seed is None:
             shared = [self.seed]  # without lm-eval's --seed the processes would start from different seeds
             torch.distributed.broadcast_object_list(shared, src=0)
             self.seed = int(shared[0])
 
         # --- the model -----------------------------------------------------------------------------------------
-        self.pretrained = str(opts["pretrained"])
-        self.peft = opts["peft"]
+        self.pretrained = str(args.pretrained)
+        self.peft = args.peft
         self.denoiser = load_denoiser(
-            self.pretrained, adapter=opts["adapter"], device=device, dtype=opts["dtype"],
-            trust_remote_code=trust_remote_code,
-            mask_token_id=_as_int("mask_token_id", opts["mask_token_id"], allow_none=True),
-            tokenizer=opts["tokenizer"], max_length=_as_int("max_length", opts["max_length"], 2, allow_none=True),
-            peft=self.peft)
+            self.pretrained, adapter=args.adapter, device=device, dtype=args.dtype,
+            trust_remote_code=args.trust_remote_code, mask_token_id=args.mask_token_id, tokenizer=args.tokenizer,
+            max_length=args.max_length, peft=self.peft)
         self._device = self.denoiser.device
         self.tokenizer = self.denoiser.tokenizer
-        if opts["chat_template"]:
-            self._set_chat_template(str(opts["chat_template"]))
+        if args.chat_template:
+            self._set_chat_template(str(args.chat_template))
         self._bos = self._find_bos()
         eos = self.denoiser.eos_token_id
         self._eos_str = (self.tokenizer.decode([eos], skip_special_tokens=False)
@@ -180,53 +201,20 @@ class EMDMLM(TemplateLM):
             eval_logger.info(
                 f"emdm: {type(self.denoiser).__name__} {self.pretrained} on {self.device} "
                 f"(max_length {self.max_length}, mask id {self.denoiser.mask_token_id}); sampler "
-                f"{self._sampler_kwargs}; seed {self.seed}; processes {self.world_size}")
+                f"{self.sampler_config.to_dict()}; seed {self.seed}; processes {self.world_size}")
 
     # --- construction helpers --------------------------------------------------------------------------------
-    def _set_sampler(self, kwargs: dict[str, Any]) -> None:
-        """Validate and store the sampler arguments (shared fields and the strategy's options)."""
-        sampler_name = str(kwargs.get("sampler", SamplerConfig.sampler))
-        strategy = get_sampler(sampler_name)  # ConfigError naming the registered samplers
-        sampler_fields = set(SamplerConfig.field_names()) - set(_SAMPLER_RESERVED)
-        unknown = sorted(k for k in kwargs if k not in sampler_fields and k not in strategy.options)
-        if unknown:
-            raise ConfigError(
-                f"unknown --model_args key(s) {', '.join(unknown)} for --model emdm; model arguments: "
-                f"{', '.join(MODEL_ARGS)}; sampler arguments: {', '.join(sorted(sampler_fields))}; "
-                f"sampler {sampler_name!r} options: {', '.join(sorted(strategy.options)) or 'none'}")
-        sampler_kwargs = dict(kwargs)
-        sampler_kwargs.setdefault("sampler", sampler_name)
-        self._default_temperature = float(SamplerConfig.from_kwargs(**dict(sampler_kwargs)).temperature)
-        self._sampler_kwargs = sampler_kwargs
-
     def configure_sampler(self, **kwargs: Any) -> None:
         """Replace the sampler arguments (as in --model_args) and reset the statistics; the model stays loaded.
 
         For sweeps in one process (`emdm_eval.ablation`): each `simple_evaluate(model=lm, ...)` after this call
         decodes with the new settings and reports only its own forward passes and time.
         """
-        self._set_sampler(kwargs)
+        unknown = [k for k in kwargs if k in self.config_class.PER_REQUEST]
+        if unknown:
+            raise ConfigError(f"{', '.join(unknown)} are model arguments, set when the model is built")
+        self.sampler_config = self.config_class.from_kwargs(**kwargs)
         self._stats = defaultdict(Counter)
-
-    def _parse_batch_size(self, value: Any) -> int | str:
-        text = str(value).strip().lower()
-        if text.startswith("auto"):
-            return "auto"
-        return _as_int("batch_size", value, minimum=1)
-
-    @staticmethod
-    def _pick_device(device: Any) -> str:
-        """The requested device; CUDA requests fall back to the CPU (lm-eval passes cuda:0 by default)."""
-        if device in (None, "", "auto"):
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        dev = str(device)
-        if dev.startswith("cuda") and not torch.cuda.is_available():
-            eval_logger.warning(f"emdm: device={dev} requested but CUDA is not available; running on the CPU")
-            return "cpu"
-        if dev.startswith("mps") and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            eval_logger.warning(f"emdm: device={dev} requested but MPS is not available; running on the CPU")
-            return "cpu"
-        return dev
 
     def _set_chat_template(self, value: str) -> None:
         path = Path(os.path.expanduser(value))
@@ -310,18 +298,27 @@ class EMDMLM(TemplateLM):
                                                   continue_final_message=not add_generation_prompt)
 
     # --- loglikelihood -----------------------------------------------------------------------------------------
+    def _fit_left(self, tokens: list[int], room: int, no_room: str, too_long: str,
+                  keep_bos: bool = False) -> list[int]:
+        """`tokens` if they fit in `room`; else, with truncation=left, their last `room` (BOS kept in front when
+        `keep_bos`); else an `InputTooLongError` (`too_long`); `no_room` when nothing fits."""
+        if len(tokens) <= room:
+            return tokens
+        if room < 1:
+            raise InputTooLongError(no_room)
+        if self.truncation != "left":
+            raise InputTooLongError(too_long)
+        keep = tokens[len(tokens) - room:]
+        if keep_bos and self._bos is not None and tokens[:1] == [self._bos] and keep[:1] != [self._bos]:
+            keep = [self._bos] + keep[1:]
+        return keep
+
     def _fit(self, context: list[int], continuation: list[int], what: str) -> list[int]:
         """The context, cut from the left with truncation=left, so that context + continuation fit."""
-        room = self.max_length - len(continuation)
-        if len(context) <= room:
-            return context
-        if room < 1:
-            raise InputTooLongError(
-                f"{what}: the continuation alone has {len(continuation)} tokens, more than the model's maximum "
-                f"length {self.max_length} minus one; pass max_length=<larger> if the model supports it")
-        if self.truncation == "left":
-            return context[len(context) - room:]
-        raise InputTooLongError(
+        return self._fit_left(
+            context, self.max_length - len(continuation),
+            f"{what}: the continuation alone has {len(continuation)} tokens, more than the model's maximum length "
+            f"{self.max_length} minus one; pass max_length=<larger> if the model supports it",
             f"{what}: context of {len(context)} tokens + {len(continuation)} to score exceeds the model's maximum "
             f"length {self.max_length}; lower --num_fewshot or pass truncation=left in --model_args to drop the "
             f"oldest context tokens")
@@ -357,9 +354,8 @@ class EMDMLM(TemplateLM):
 
     def _greedy_decode(self, context: list[int], continuation: list[int]) -> bool:
         """Whether the configured sampler, at temperature 0 and one token per step, decodes `continuation`."""
-        kw = {**self._sampler_kwargs, "temperature": 0.0, "gen_length": len(continuation),
-              "steps": len(continuation), "block_length": None, "threshold": None, "stop_at_eos": False}
-        cfg = SamplerConfig.from_kwargs(**kw)
+        cfg = dataclasses.replace(self.sampler_config, temperature=0.0, gen_length=len(continuation),
+                                  steps=len(continuation), block_length=None, threshold=None, stop_at_eos=False)
         res = generate(self.denoiser, [context], cfg, seeds=[stable_seed(self.seed, "greedy", context)])
         return res.generated[0] == list(continuation)
 
@@ -391,55 +387,49 @@ class EMDMLM(TemplateLM):
         return out
 
     # --- generation --------------------------------------------------------------------------------------------
-    def _request_config(self, gen_kwargs: dict) -> tuple[dict, list[str]]:
-        """The sampler kwargs for one request (its own gen_kwargs over the model's) and its stop strings."""
+    def _request_config(self, gen_kwargs: dict) -> tuple[SamplerConfig, list[str]]:
+        """One request's decoding config (its own gen_kwargs over the model's) and its stop strings."""
         gen_kwargs = dict(gen_kwargs or {})
         kw = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
         until = handle_stop_sequences(kw.pop("until", None), eos=self._eos_str)
         gen_length = self.gen_length if self.gen_length is not None else int(kw.pop("max_gen_toks"))
         kw.pop("max_gen_toks", None)
+        default_temperature = self.sampler_config.temperature
         do_sample = gen_kwargs.get("do_sample")
         if do_sample is False or str(do_sample).lower() == "false":
             temperature = 0.0
         elif "temperature" in gen_kwargs:
-            temperature = float(gen_kwargs["temperature"])
+            temperature = gen_kwargs["temperature"]
         elif do_sample:
-            temperature = self._default_temperature or 1.0
+            temperature = default_temperature or 1.0
         else:
-            temperature = self._default_temperature
-        cfg = {**self._sampler_kwargs, "gen_length": gen_length, "temperature": temperature}
-        sampler = str(kw.get("sampler", cfg["sampler"]))
-        allowed = (set(SamplerConfig.field_names()) - set(_SAMPLER_RESERVED)) | set(get_sampler(sampler).options)
+            temperature = default_temperature
+        overrides: dict[str, Any] = {"gen_length": gen_length, "temperature": temperature}
+        sampler = str(kw.get("sampler", self.sampler_config.sampler))
         for key, value in kw.items():
             if key in ("do_sample", "temperature", "until"):
                 continue
-            if key in allowed:
-                cfg[key] = value
+            if key not in self.config_class.PER_REQUEST and self.config_class.accepts(key, sampler):
+                overrides[key] = value
             elif key not in self._warned:
                 self._warned.add(key)
                 eval_logger.warning(f"emdm: generation argument {key}={value!r} has no meaning for a masked "
                                     f"diffusion sampler; ignored")
-        if int(cfg.get("steps", SamplerConfig.steps)) > gen_length > 0:
-            cfg["steps"] = gen_length  # a step reveals at least one token: more steps than tokens cannot be used
-        return cfg, until
+        config = self.sampler_config.replace(**overrides)
+        if config.steps > config.gen_length > 0:
+            # a step reveals at least one token: more steps than tokens cannot be used
+            config = dataclasses.replace(config, steps=config.gen_length)
+        return config, until
 
     def _fit_prompt(self, prompt: list[int], gen_length: int) -> list[int]:
-        room = self.max_length - gen_length
-        if len(prompt) <= room:
-            return prompt
-        if room < 1:
-            raise InputTooLongError(
-                f"generate_until: max_gen_toks={gen_length} leaves no room for a prompt in the model's maximum length "
-                f"{self.max_length}; lower max_gen_toks (or gen_length in --model_args)")
-        if self.truncation == "left":
-            keep = prompt[len(prompt) - room:]
-            if self._bos is not None and prompt[:1] == [self._bos] and keep[:1] != [self._bos]:
-                keep = [self._bos] + keep[1:]
-            return keep
-        raise InputTooLongError(
+        """The prompt, cut from the left (keeping BOS) with truncation=left, so that prompt + generation fit."""
+        return self._fit_left(
+            prompt, self.max_length - gen_length,
+            f"generate_until: max_gen_toks={gen_length} leaves no room for a prompt in the model's maximum length "
+            f"{self.max_length}; lower max_gen_toks (or gen_length in --model_args)",
             f"generate_until: prompt of {len(prompt)} tokens + max_gen_toks={gen_length} exceeds the model's maximum "
             f"length {self.max_length}; lower --num_fewshot or max_gen_toks, or pass truncation=left in "
-            f"--model_args to drop the oldest prompt tokens")
+            f"--model_args to drop the oldest prompt tokens", keep_bos=True)
 
     def _resolve_batch_size(self, seq_len: int) -> int:
         if self.batch_size != "auto":
@@ -486,35 +476,31 @@ class EMDMLM(TemplateLM):
             return []
         stats = self._stats["generate_until"]
         seeds = self._request_seeds(requests)
-        prepared = []  # (index, prompt ids, sampler kwargs, stop strings)
+        prepared = []
         for i, req in enumerate(requests):
             context, gen_kwargs = req.args
-            cfg, until = self._request_config(gen_kwargs)
-            prompt = self._fit_prompt(self.tok_encode(context), int(cfg["gen_length"]))
-            prepared.append((i, prompt, cfg, until))
-        groups: dict[str, list] = defaultdict(list)
-        for item in prepared:  # requests that share a sampler configuration are batched together
-            groups[json.dumps(item[2], sort_keys=True, default=str)].append(item)
+            config, until = self._request_config(gen_kwargs)
+            prepared.append(_Request(i, self._fit_prompt(self.tok_encode(context), config.gen_length), config, until))
+        # requests that decode alike are batched together, longest prompts first (lm-eval's own Collator)
+        batches = Collator(prepared, sort_fn=lambda r: (-len(r.prompt), r.index),
+                           group_fn=lambda r: {"config": r.config.key()}, group_by="gen_kwargs")
 
         # batch_size=auto is settled once, on every process (a collective under accelerate), for the longest row
-        bs = self._resolve_batch_size(max(len(p) + int(c["gen_length"]) for _i, p, c, _u in prepared))
+        bs = self._resolve_batch_size(max(len(r.prompt) + r.config.gen_length for r in prepared))
         results: list[str | None] = [None] * len(requests)
         pbar = tqdm(total=len(requests), desc="emdm generate_until", disable=disable_tqdm or self.rank != 0)
         start, passes0 = time.perf_counter(), self.denoiser.forward_calls
-        for items in groups.values():
-            items.sort(key=lambda it: (-len(it[1]), it[0]))  # similar lengths together, longest first
-            config = SamplerConfig.from_kwargs(**dict(items[0][2]))
-            for b in range(0, len(items), bs):
-                chunk = items[b:b + bs]
-                out = generate(self.denoiser, [it[1] for it in chunk], config, seeds=[seeds[it[0]] for it in chunk])
-                stats["row_forward_passes"] += sum(out.row_nfe)  # passes each request took part in
-                for (i, _prompt, _cfg, until), gen in zip(chunk, out.generated):
-                    text = postprocess_generated_text(self.tok_decode(gen), until, None)
-                    results[i] = text
-                    stats["generated_tokens"] += len(gen)
-                    stats["empty"] += int(len(gen) == 0)
-                    self.cache_hook.add_partial("generate_until", requests[i].args, text)
-                pbar.update(len(chunk))
+        for chunk in batches.get_batched(n=bs):
+            out = generate(self.denoiser, [r.prompt for r in chunk], chunk[0].config,
+                           seeds=[seeds[r.index] for r in chunk])
+            stats["row_forward_passes"] += sum(out.row_nfe)  # passes each request took part in
+            for req, gen in zip(chunk, out.generated):
+                text = postprocess_generated_text(self.tok_decode(gen), req.until, None)
+                results[req.index] = text
+                stats["generated_tokens"] += len(gen)
+                stats["empty"] += int(len(gen) == 0)
+                self.cache_hook.add_partial("generate_until", requests[req.index].args, text)
+            pbar.update(len(chunk))
         pbar.close()
         stats["requests"] += len(requests)
         stats["forward_passes"] += self.denoiser.forward_calls - passes0
@@ -567,22 +553,11 @@ class EMDMLM(TemplateLM):
                 if kind == "generate_until":
                     entry["tokens_per_second"] = round(tot["generated_tokens"] / max(tot["seconds"], 1e-9), 2)
                 stats[kind] = entry
-        info["emdm"] = {"adapter": type(self.denoiser).__name__, "sampler": self._sampler_kwargs,
+        info["emdm"] = {"adapter": type(self.denoiser).__name__, "sampler": self.sampler_config.to_dict(),
                         "mc_num": self.mc_num, "mc_batch_size": self.mc_batch_size, "greedy": self.greedy,
                         "seed": self.seed, "processes": self.world_size, "peft": self.peft, "stats": stats}
         return info
 
 
-def _excepthook(exc_type, exc, tb, _previous=sys.excepthook):
-    """Uncaught emdm errors print as one line (`EMDM_TRACEBACK=1` for the traceback)."""
-    if isinstance(exc, EMDMError) and not os.environ.get("EMDM_TRACEBACK"):
-        sys.stderr.write(f"error: {exc}\n")
-        return
-    _previous(exc_type, exc, tb)
-
-
-if not getattr(sys.excepthook, "_emdm", False):
-    _excepthook._emdm = True  # type: ignore[attr-defined]
-    sys.excepthook = _excepthook
-
+install_excepthook()
 _register()  # imported directly (not through lm-eval's registry): make sure `emdm` is registered, built-ins first

@@ -7,9 +7,10 @@
     print(den.tokenizer.decode(out.generated[0]))
 """
 
-from .adapters import Denoiser, available_adapters, load_denoiser, register_adapter
+from emdm_core.errors import CheckpointError, ConfigError, EMDMError, InputTooLongError
+from emdm_models import Denoiser, available_adapters, load_denoiser, register_adapter
+
 from .config import SamplerConfig
-from .errors import CheckpointError, ConfigError, EMDMError, InputTooLongError
 from .loop import GenerationOutput, generate
 from .schedules import available_schedules, register_schedule
 from .strategies import StepContext, StepResult, Strategy, available_samplers, get_sampler, register_sampler

@@ -1,121 +1,130 @@
-"""Sampler configuration: the options every strategy shares, plus each strategy's own options."""
+"""Sampler configuration: the options every strategy shares (typed fields), plus each strategy's own options.
+
+`SamplerConfig` is the one description of a decoding: `generate`, the `python -m emdm_sampling` flags, lm-eval's
+`--model_args` / `--gen_kwargs` and the ablation grid all come from its fields and type hints. A new shared option
+is one field (with its help text and check) here: the CLI flag, the lm-eval argument, the conversion from strings
+and the validation follow from it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
+import json
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, ClassVar, Mapping
 
-from .errors import ConfigError
+from emdm_core import typed
+from emdm_core.errors import ConfigError
+from emdm_core.typed import at_least, in_range, option
 
 
-@dataclass
+def _known_sampler(name: str) -> str | None:
+    from .strategies import SAMPLERS
+
+    return None if name in SAMPLERS else (f"is not a registered sampler; registered samplers: "
+                                          f"{', '.join(SAMPLERS.available())}")
+
+
+def _known_schedule(name: str) -> str | None:
+    from .schedules import SCHEDULES
+
+    return None if name in SCHEDULES else f"is unknown; choose one of {', '.join(SCHEDULES.available())}"
+
+
+@dataclass(frozen=True)
 class SamplerConfig:
-    """What to generate and how.
+    """What to generate and how (immutable: derive variants with `replace`). See each field's help."""
 
-    sampler: a registered strategy name (`available_samplers()`).
-    steps: forward passes budgeted for the whole generation (split evenly over blocks).
-    gen_length: mask tokens appended after each prompt (0 for pure infilling).
-    block_length: semi-autoregressive block size (None: one block); later blocks are hidden from selection.
-    temperature: sample proposals from softmax(logits / temperature) (the Gumbel-max trick); 0 = argmax.
-    schedule: how many positions each step reveals (`linear`, `cosine`).
-    threshold: parallel decoding: reveal every position whose proposed token has probability >= threshold
-        (at least one per step, the strategy's first choice); replaces the schedule.
-    stop_at_eos: once EOS is revealed, the generated positions after it are EOS too and need no decoding.
-    seed: default per-row seed (each row draws counter-based randomness from its own seed).
-    options: strategy-specific options (see each strategy's `options`).
-    """
+    sampler: str = option("margin", "a registered strategy (`available_samplers()`)", check=_known_sampler)
+    steps: int = option(64, "forward passes budgeted for the whole generation, split evenly over blocks",
+                        check=at_least(1))
+    gen_length: int = option(64, "mask tokens appended after each prompt (0: infilling only)", check=at_least(0))
+    block_length: int | None = option(None, "semi-autoregressive block size (none: one block); later blocks are "
+                                            "hidden from selection", check=at_least(1))
+    temperature: float = option(0.0, "sample proposals from softmax(logits / T); 0 = argmax",
+                                check=at_least(0, "; 0 means argmax"))
+    schedule: str = option("linear", "tokens revealed per step: linear (LLaDA's split) or cosine (MaskGIT's)",
+                           check=_known_schedule)
+    threshold: float | None = option(None, "parallel decoding: reveal every position whose proposal has p >= "
+                                           "threshold, at least the strategy's first choice, each step",
+                                     check=in_range(0.0, 1.0, low_open=True, hint=", or none for the schedule"))
+    stop_at_eos: bool = option(True, "once EOS is revealed, the generated masks after it become EOS and need no "
+                                     "forward passes")
+    seed: int = option(0, "default per-row seed (each row draws counter-based randomness from its own seed)")
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the strategy's own options
 
-    sampler: str = "margin"
-    steps: int = 64
-    gen_length: int = 64
-    block_length: int | None = None
-    temperature: float = 0.0
-    schedule: str = "linear"
-    threshold: float | None = None
-    stop_at_eos: bool = True
-    seed: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
+    # Fields that callers set per request rather than users per run (lm-eval sets them from each request).
+    PER_REQUEST: ClassVar[tuple[str, ...]] = ("gen_length", "seed")
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
         self.validate()
 
     def validate(self) -> None:
-        """Check ranges and the strategy's options; raise `ConfigError` naming the fix."""
-        from .schedules import available_schedules
-        from .strategies import get_sampler
-
-        if self.steps < 1:
-            raise ConfigError(f"steps must be >= 1 (got {self.steps})")
-        if self.gen_length < 0:
-            raise ConfigError(f"gen_length must be >= 0 (got {self.gen_length})")
-        if self.block_length is not None and self.block_length < 1:
-            raise ConfigError(f"block_length must be >= 1 or None (got {self.block_length})")
-        if self.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0 (got {self.temperature}); 0 means argmax")
-        if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
-            raise ConfigError(f"threshold must be in (0, 1] (got {self.threshold}), or None for the schedule")
-        if self.schedule not in available_schedules():
-            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(available_schedules())}")
-        strategy = get_sampler(self.sampler)
+        """Check every field and the strategy's options; raise `ConfigError` naming the fix."""
+        typed.check_fields(self)
+        strategy = self.strategy_class
         unknown = sorted(set(self.options) - set(strategy.options))
         if unknown:
-            known = ", ".join(sorted(strategy.options)) or "none"
             raise ConfigError(f"unknown option(s) {', '.join(unknown)} for sampler {self.sampler!r}; its options: "
-                              f"{known}")
+                              f"{', '.join(sorted(strategy.options)) or 'none'}")
         strategy.check_options({**strategy.options, **self.options})
 
+    @property
+    def strategy_class(self) -> Any:
+        """The registered `Strategy` class of `sampler`."""
+        from .strategies import get_sampler
+
+        return get_sampler(self.sampler)
+
+    # -- building -----------------------------------------------------------------------------------------------
     @classmethod
     def field_names(cls) -> list[str]:
-        """The shared option names."""
-        return [f.name for f in dataclasses.fields(cls) if f.name != "options"]
+        """The shared option names (every field but `options`)."""
+        return [f.name for f in typed.fields(cls)]
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "SamplerConfig":
-        """Build from flat keyword arguments (e.g. parsed `--model_args`): shared fields and strategy options.
+        """Build from flat keyword arguments (parsed `--model_args`, `--gen_kwargs`, CLI flags): shared fields and
+        the chosen strategy's options, strings converted to each one's type. Unknown names raise `ConfigError`."""
+        return cls().replace(**kwargs)
 
-        String values are converted to each field's type; names that are neither a shared field nor an option
-        of the chosen sampler raise `ConfigError`.
-        """
+    def replace(self, **kwargs: Any) -> "SamplerConfig":
+        """A copy with some shared fields and strategy options changed (strings converted to their types).
+
+        Changing `sampler` drops the options the new strategy does not have."""
+        hints = typed.hints(type(self))
+        shared = {k: typed.coerce(kwargs.pop(k), hints[k], k) for k in list(kwargs) if k in self.field_names()}
+        sampler = shared.get("sampler", self.sampler)
         from .strategies import get_sampler
 
-        shared = {k: kwargs.pop(k) for k in list(kwargs) if k in cls.field_names()}
-        sampler = shared.get("sampler", cls.sampler)
         strategy = get_sampler(sampler)
-        options = dict(kwargs.pop("options", {}) or {})
+        options = {k: v for k, v in self.options.items() if k in strategy.options}
+        options.update(kwargs.pop("options", None) or {})
         for name in list(kwargs):
             if name in strategy.options:
-                options[name] = _coerce(kwargs.pop(name), type(strategy.options[name]), name)
+                default = strategy.options[name]
+                options[name] = typed.coerce(kwargs.pop(name), type(default), name)
         if kwargs:
             raise ConfigError(f"unknown sampler argument(s) {', '.join(sorted(kwargs))}; shared: "
-                              f"{', '.join(cls.field_names())}; {sampler!r} options: "
+                              f"{', '.join(self.field_names())}; {sampler!r} options: "
                               f"{', '.join(sorted(strategy.options)) or 'none'}")
-        types = {"steps": int, "gen_length": int, "block_length": int, "temperature": float, "threshold": float,
-                 "stop_at_eos": bool, "seed": int, "sampler": str, "schedule": str}
-        for name, value in shared.items():
-            if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-                shared[name] = None if name in ("block_length", "threshold") else value
-                if shared[name] is None:
-                    continue
-            shared[name] = _coerce(value, types[name], name)
-        return cls(**shared, options=options)
+        return dataclasses.replace(self, **shared, options=options)
 
+    @classmethod
+    def accepts(cls, name: str, sampler: str) -> bool:
+        """Whether `name` is a shared field or an option of `sampler`."""
+        from .strategies import get_sampler
 
-def _coerce(value: Any, typ: type, name: str) -> Any:
-    if isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
-        return value
-    try:
-        if typ is bool:
-            if isinstance(value, str):
-                low = value.strip().lower()
-                if low in ("1", "true", "yes", "on"):
-                    return True
-                if low in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError
-            return bool(value)
-        if typ is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError
-        return typ(float(value)) if typ is int and isinstance(value, str) and "." in value else typ(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}={value!r} is not a valid {typ.__name__}") from None
+        return name in cls.field_names() or name in get_sampler(sampler).options
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict: the shared fields and the options (a stable description of the decoding)."""
+        out = {name: getattr(self, name) for name in self.field_names()}
+        out["options"] = dict(sorted(self.options.items()))
+        return out
+
+    def key(self) -> str:
+        """A canonical string of the whole configuration (for grouping requests that decode alike)."""
+        return json.dumps(self.to_dict(), sort_keys=True, default=str)

@@ -5,6 +5,9 @@ both. Per forward pass the loop computes the model's probabilities and proposals
 them to the strategy, and applies its reveal / re-mask decision. Block bookkeeping (semi-autoregressive decoding),
 reveal counts (schedule or confidence threshold), EOS stopping and randomness are per row and vectorised, so a row
 decodes the same way whatever else is in its batch.
+
+The steps, in `generate`: 1. canvas (prompts + masks, left-padded) -> 2. block state -> per pass: 3. rows and
+blocks -> 4. forward -> 5. proposals -> 6. strategy step -> 7. apply (reveal, re-mask, EOS) -> 8. trace.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .adapters import Denoiser
+from emdm_core.errors import ConfigError, InputTooLongError
+from emdm_models.denoiser import Denoiser
+
 from .config import SamplerConfig
-from .errors import ConfigError, InputTooLongError
 from .rng import CounterRNG, fold_seed
-from .schedules import reveal_counts
-from .strategies import StepContext, get_sampler
+from .schedules import get_schedule, reveal_counts
+from .strategies import StepContext
 from .trace import Trace
 
 _FAR = 1 << 40  # block id of positions that are never decoded
@@ -36,6 +40,98 @@ class GenerationOutput:
     nfe: int  # batched forward passes
     row_nfe: list[int]  # forward passes each row took part in
     trace: Trace | None = None
+
+
+@dataclass
+class Canvas:
+    """The batch being decoded: left-padded tokens and which positions the loop fills.
+
+    `tokens` [B, L] is what the model reads; `window` (columns `start:`) is where anything is decoded (the prompt
+    before it is context only), and `window_tokens` is a view into `tokens`, so writing a step's result there is
+    what the model sees at the next pass."""
+
+    tokens: torch.Tensor  # [B, L]
+    attention: torch.Tensor  # [B, L] bool: real tokens (not padding)
+    padding: torch.Tensor  # [B] left padding per row
+    prompt_end: torch.Tensor  # [B] column where each row's generation starts
+    fill: torch.Tensor  # [B, L] bool: positions to decode (appended masks and masks inside prompts)
+    generated: torch.Tensor  # [B, L] bool: the generation region (after the prompt)
+    start: int = 0  # first column of the decoding window
+
+    @classmethod
+    def build(cls, rows: list[list[int]], gen_length: int, denoiser: Denoiser) -> "Canvas":
+        mask_id, dev = denoiser.mask_token_id, denoiser.device
+        lengths = [len(r) + gen_length for r in rows]
+        if max(lengths) > denoiser.max_length:
+            worst = max(range(len(rows)), key=lambda i: lengths[i])
+            raise InputTooLongError(
+                f"prompt of {len(rows[worst])} tokens + {gen_length} generated = {lengths[worst]} exceeds the "
+                f"model's maximum length {denoiser.max_length}; shorten the prompt or lower gen_length "
+                f"(max_gen_toks)")
+        batch, width = len(rows), max(lengths)
+        padding = torch.tensor([width - n for n in lengths], device=dev)
+        tokens = torch.full((batch, width), denoiser.pad_token_id, dtype=torch.long, device=dev)
+        flat = torch.tensor([t for r in rows for t in r + [mask_id] * gen_length], dtype=torch.long, device=dev)
+        col = torch.arange(width, device=dev).unsqueeze(0)
+        attention = col >= padding.unsqueeze(1)
+        tokens[attention] = flat
+        prompt_end = padding + torch.tensor([len(r) for r in rows], device=dev)
+        fill = (tokens == mask_id) & attention
+        canvas = cls(tokens, attention, padding, prompt_end, fill, col >= prompt_end.unsqueeze(1))
+        if fill.any():
+            canvas.start = int(fill.any(0).nonzero()[0])
+        return canvas
+
+    @property
+    def window_tokens(self) -> torch.Tensor:
+        return self.tokens[:, self.start:]
+
+    def window(self, t: torch.Tensor) -> torch.Tensor:
+        """The decoding window's columns of a [B, L, ...] tensor."""
+        return t[:, self.start:]
+
+    def positions(self) -> torch.Tensor:
+        """[B, L] position of each column counted from the row's first real token (padding: 0)."""
+        col = torch.arange(self.tokens.shape[1], device=self.tokens.device).unsqueeze(0)
+        return (col - self.padding.unsqueeze(1)).clamp(min=0)
+
+
+@dataclass
+class BlockState:
+    """Semi-autoregressive bookkeeping per row: which block is being decoded, its step budget and progress."""
+
+    block_id: torch.Tensor  # [B, W] block of each fill position (_FAR elsewhere)
+    n_blocks: torch.Tensor  # [B] blocks of each row
+    base_steps: torch.Tensor  # [B] steps every block of the row gets
+    extra_steps: torch.Tensor  # [B] the first `extra_steps` blocks get one step more
+    current: torch.Tensor  # [B] block being decoded (-1 before the first pass)
+    step_in_block: torch.Tensor  # [B] passes done in the current block
+    steps_in_block: torch.Tensor  # [B] passes the current block is given
+    masked_at_block_entry: torch.Tensor  # [B] masks the current block held when the row entered it
+
+    @classmethod
+    def build(cls, fill: torch.Tensor, config: SamplerConfig) -> "BlockState":
+        n_fill = fill.sum(1)
+        rank = fill.long().cumsum(1) - 1
+        block_len = config.block_length or int(n_fill.max())
+        block_id = torch.where(fill, rank // block_len, torch.full_like(rank, _FAR))
+        n_blocks = ((n_fill + block_len - 1) // block_len).clamp(min=1)
+        zeros = torch.zeros_like(n_blocks)
+        # `steps` is split over a row's blocks; the first `steps % n_blocks` blocks get one step more.
+        return cls(block_id, n_blocks, config.steps // n_blocks, config.steps % n_blocks,
+                   torch.full_like(n_blocks, -1), zeros.clone(), torch.ones_like(n_blocks), zeros.clone())
+
+    def advance(self, masked: torch.Tensor) -> torch.Tensor:
+        """Move each row to the block of its first masked position; return [B, W] bool: that block's positions."""
+        current = torch.where(masked, self.block_id, torch.full_like(self.block_id, _FAR)).min(1).values
+        entering = current != self.current
+        in_block = self.block_id == current.unsqueeze(1)
+        self.masked_at_block_entry = torch.where(entering, (masked & in_block).sum(1), self.masked_at_block_entry)
+        self.step_in_block = torch.where(entering, torch.zeros_like(self.step_in_block), self.step_in_block)
+        budget = (self.base_steps + (current < self.extra_steps).long()).clamp(min=1)
+        self.steps_in_block = torch.where(entering, budget, self.steps_in_block)
+        self.current = current
+        return in_block
 
 
 def _as_rows(prompts: Sequence[Sequence[int]] | torch.Tensor) -> list[list[int]]:
@@ -71,153 +167,120 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
         config = SamplerConfig.from_kwargs(**kwargs)
     elif kwargs:
         raise ConfigError(f"pass either config or keyword options, not both (got {', '.join(kwargs)})")
-    strategy = get_sampler(config.sampler)(config.options)
+    strategy = config.strategy_class(config.options)
+    schedule = get_schedule(config.schedule)
     rows = _as_rows(prompts)
+    mask_id = denoiser.mask_token_id
     if not rows:
-        return GenerationOutput([], [], 0, [], Trace([], denoiser.mask_token_id) if trace else None)
+        return GenerationOutput([], [], 0, [], Trace([], mask_id) if trace else None)
     if seeds is not None and len(seeds) != len(rows):
         raise ConfigError(f"seeds has {len(seeds)} entries for {len(rows)} prompts; give one seed per prompt")
-    mask_id, dev = denoiser.mask_token_id, denoiser.device
 
-    lengths = [len(r) + config.gen_length for r in rows]
-    if max(lengths) > denoiser.max_length:
-        worst = max(range(len(rows)), key=lambda i: lengths[i])
-        raise InputTooLongError(
-            f"prompt of {len(rows[worst])} tokens + {config.gen_length} generated = {lengths[worst]} exceeds the "
-            f"model's maximum length {denoiser.max_length}; shorten the prompt or lower gen_length (max_gen_toks)")
-    B, L = len(rows), max(lengths)
-    pad = torch.tensor([L - n for n in lengths], device=dev)
-    x = torch.full((B, L), denoiser.pad_token_id, dtype=torch.long, device=dev)
-    flat = torch.tensor([t for r in rows for t in r + [mask_id] * config.gen_length], dtype=torch.long, device=dev)
-    col = torch.arange(L, device=dev).unsqueeze(0)
-    attn = col >= pad.unsqueeze(1)
-    x[attn] = flat
-    prompt_end = pad + torch.tensor([len(r) for r in rows], device=dev)
-    gen_region = col >= prompt_end.unsqueeze(1)
-    fill = (x == mask_id) & attn  # positions the loop decodes: appended masks and masks inside prompts
+    # === 1. canvas: prompts + masks, left-padded; the window of columns that hold anything to decode ===
+    canvas = Canvas.build(rows, config.gen_length, denoiser)
+    batch = len(rows)
+    recorder = Trace([r + [mask_id] * config.gen_length for r in rows], mask_id) if trace else None
+    if not canvas.fill.any():
+        return _finish(canvas, denoiser, config, 0, [0] * batch, recorder)
+    tokens = canvas.window_tokens  # a view: what the model reads at the next pass
+    fill = canvas.window(canvas.fill).clone()  # shrinks when EOS ends a row early
+    generated_region = canvas.window(canvas.generated)
 
-    init = Trace([r + [mask_id] * config.gen_length for r in rows], mask_id) if trace else None
-    if not fill.any():
-        return _finish(x, pad, prompt_end, denoiser, config, 0, [0] * B, init)
-
-    # Work on the window of columns that hold anything to decode (the prompt before it is context only).
-    c0 = int(fill.any(0).nonzero()[0])
-    xw = x[:, c0:]  # a view: writes to the window are what the model sees at the next step
-    fillw, genw = fill[:, c0:].clone(), gen_region[:, c0:]
-    n_fill = fillw.sum(1)
-    rank = fillw.long().cumsum(1) - 1
-    block_len = config.block_length or int(n_fill.max())
-    block_id = torch.where(fillw, rank // block_len, torch.full_like(rank, _FAR))
-    n_blocks = ((n_fill + block_len - 1) // block_len).clamp(min=1)
-    # `steps` is split over a row's blocks; the first `steps % n_blocks` blocks get one step more.
-    base_steps, extra_steps = config.steps // n_blocks, config.steps % n_blocks
-    block_steps = torch.ones_like(n_blocks)
-
-    seed_t = torch.tensor([fold_seed(s) for s in (seeds if seeds is not None else [config.seed] * B)], device=dev)
-    rng = CounterRNG(seed_t, (col - pad.unsqueeze(1)).clamp(min=0)[:, c0:])
+    # === 2. block state, randomness, per-row memory ===
+    blocks = BlockState.build(fill, config)
+    row_seeds = seeds if seeds is not None else [config.seed] * batch
+    rng = CounterRNG(torch.tensor([fold_seed(s) for s in row_seeds], device=tokens.device),
+                     canvas.window(canvas.positions()))
     surprise = _surprise_for(denoiser)
-    confidence = torch.zeros(xw.shape, dtype=torch.float32, device=dev)
-    cur_block = torch.full((B,), -1, dtype=torch.long, device=dev)
-    bstep = torch.zeros(B, dtype=torch.long, device=dev)
-    m_entry = torch.zeros(B, dtype=torch.long, device=dev)
-    row_nfe = torch.zeros(B, dtype=torch.long, device=dev)
+    confidence = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
+    row_nfe = torch.zeros(batch, dtype=torch.long, device=tokens.device)
     state: dict[str, torch.Tensor] = {}
     eos = denoiser.eos_token_id if config.stop_at_eos else None
-    max_iters = int(n_fill.max()) + config.steps + int(n_blocks.max()) + strategy.extra_steps() + 1
-    bar = tqdm(total=max_iters, desc=f"{config.sampler}", disable=not progress, leave=False)
+    # every schedule ends within this many passes; the bound guards against a faulty strategy
+    max_passes = int(fill.sum(1).max()) + config.steps + int(blocks.n_blocks.max()) + strategy.extra_steps() + 1
+    bar = tqdm(total=max_passes, desc=f"{config.sampler}", disable=not progress, leave=False)
 
     nfe = 0
     while True:
-        masked = (xw == mask_id) & fillw
+        # === 3. rows still decoding, and their current blocks ===
+        masked = (tokens == mask_id) & fill
         active = masked.any(1)
         if not active.any():
             break
-        if nfe >= max_iters:  # every schedule ends within its budget; this guards against a faulty strategy
+        if nfe >= max_passes:
             raise RuntimeError(f"sampler {config.sampler!r} left masks after {nfe} steps; its step() must reveal "
                                f"every masked position by the last step of a block")
-        cur = torch.where(masked, block_id, torch.full_like(block_id, _FAR)).min(1).values
-        entering = cur != cur_block
-        in_block = block_id == cur.unsqueeze(1)
-        m_entry = torch.where(entering, (masked & in_block).sum(1), m_entry)
-        bstep = torch.where(entering, torch.zeros_like(bstep), bstep)
-        block_steps = torch.where(entering, (base_steps + (cur < extra_steps).long()).clamp(min=1), block_steps)
-        cur_block = cur
+        in_block = blocks.advance(masked)
+        rows_now = active.nonzero().flatten()
+        sub = slice(None) if len(rows_now) == batch else rows_now
 
-        idx = active.nonzero().flatten()
-        sub = slice(None) if len(idx) == B else idx
-        logits = denoiser.logits(x[sub], attn[sub])[:, c0:]
+        # === 4. forward: the active rows, whole sequence; the mask token is never proposed ===
+        logits = canvas.window(denoiser.logits(canvas.tokens[sub], canvas.attention[sub]))
         logits[..., mask_id] = float("-inf")
-        # Only positions a strategy can reveal (or, for remasking strategies, any masked one) need the
-        # vocabulary-wide softmax statistics: gather them once, so that cost shrinks as decoding proceeds.
-        scored = masked[sub] if strategy.remasks else (masked & in_block)[sub]
-        flat = logits[scored].float()
-        flat_log_z = torch.logsumexp(flat, dim=-1)
-        flat_x0 = _propose(flat, config.temperature, rng.uniform(nfe, _STREAM_PROPOSAL)[sub][scored])
-        x0 = xw[sub].clone()
+
+        # === 5. proposals and their probabilities, at the positions the strategy can act on only ===
+        masked_now, eligible = masked[sub], (masked & in_block)[sub]
+        scored = masked_now if strategy.remasks else eligible
+        flat_logits = logits[scored].float()
+        flat_log_z = torch.logsumexp(flat_logits, dim=-1)
+        flat_x0 = _propose(flat_logits, config.temperature, rng.uniform(nfe, _STREAM_PROPOSAL)[sub][scored])
+        x0 = tokens[sub].clone()
         x0[scored] = flat_x0
-        p_x0 = torch.zeros(scored.shape, dtype=flat.dtype, device=dev)
-        p_x0[scored] = torch.exp(flat.gather(-1, flat_x0.unsqueeze(-1)).squeeze(-1) - flat_log_z)
+        p_x0 = torch.zeros(scored.shape, dtype=flat_logits.dtype, device=tokens.device)
+        p_x0[scored] = torch.exp(flat_logits.gather(-1, flat_x0.unsqueeze(-1)).squeeze(-1) - flat_log_z)
+
+        # === 6. strategy step ===
         ctx = StepContext(
-            step=nfe, x=xw[sub], logits=logits, scored=scored, flat_logits=flat, flat_log_z=flat_log_z,
-            x0=x0, p_x0=p_x0, masked=masked[sub],
-            eligible=(masked & in_block)[sub], block=(fillw & in_block)[sub], fillable=fillw[sub],
-            confidence=confidence[sub], k=reveal_counts(config.schedule, m_entry, bstep, block_steps)[sub],
-            block_step=bstep[sub], block_steps=block_steps[sub], threshold=config.threshold, rng=_SubRNG(rng, sub),
-            mask_token_id=mask_id, surprise=surprise, rows=idx, batch_size=B, state=state)
+            step=nfe, x=tokens[sub], logits=logits, scored=scored, flat_logits=flat_logits, flat_log_z=flat_log_z,
+            x0=x0, p_x0=p_x0, masked=masked_now, eligible=eligible, block=(fill & in_block)[sub],
+            fillable=fill[sub], confidence=confidence[sub],
+            k=reveal_counts(schedule, blocks.masked_at_block_entry, blocks.step_in_block, blocks.steps_in_block)[sub],
+            block_step=blocks.step_in_block[sub], block_steps=blocks.steps_in_block[sub],
+            threshold=config.threshold, rng=rng.rows(sub), mask_token_id=mask_id, surprise=surprise,
+            rows=rows_now, batch_size=batch, state=state)
         result = strategy.step(ctx)
 
+        # === 7. apply: reveal (the strategy's tokens or the proposals), re-mask, then EOS ===
         reveal = result.reveal & ctx.masked
-        tokens = x0 if result.tokens is None else result.tokens
-        new_x = torch.where(reveal, tokens, ctx.x)
+        new_tokens = torch.where(reveal, x0 if result.tokens is None else result.tokens, ctx.x)
         confidence[sub] = torch.where(reveal, p_x0, ctx.confidence)
         remask = torch.zeros_like(reveal)
         if result.remask is not None:
-            remask = result.remask & ctx.fillable & (new_x != mask_id)
-            new_x = new_x.masked_fill(remask, mask_id)
-        xw[sub] = new_x
+            remask = result.remask & ctx.fillable & (new_tokens != mask_id)
+            new_tokens = new_tokens.masked_fill(remask, mask_id)
+        tokens[sub] = new_tokens
         if eos is not None:
-            fillw &= ~_fill_after_eos(xw, genw, eos, mask_id)
-        bstep[sub] += 1
+            fill &= ~_fill_after_eos(tokens, generated_region, eos, mask_id)
+        blocks.step_in_block[sub] += 1
         row_nfe[sub] += 1
         nfe += 1
         bar.update(1)
-        if init is not None:
-            _record(init, nfe - 1, x, pad, c0, idx, reveal, remask, p_x0)
+
+        # === 8. trace ===
+        if recorder is not None:
+            _record(recorder, nfe - 1, canvas, rows_now, reveal, remask, p_x0)
     bar.close()
-    return _finish(x, pad, prompt_end, denoiser, config, nfe, row_nfe.tolist(), init)
+    return _finish(canvas, denoiser, config, nfe, row_nfe.tolist(), recorder)
 
 
-class _SubRNG:
-    """The batch's counter RNG restricted to the rows of this step."""
-
-    def __init__(self, rng: CounterRNG, sub: slice | torch.Tensor):
-        self._rng, self._sub = rng, sub
-
-    def uniform(self, step: int, stream: int) -> torch.Tensor:
-        return self._rng.uniform(step, stream)[self._sub]
-
-    def gumbel(self, step: int, stream: int) -> torch.Tensor:
-        return self._rng.gumbel(step, stream)[self._sub]
-
-
-def _record(trace: Trace, step: int, x: torch.Tensor, pad: torch.Tensor, c0: int, idx: torch.Tensor,
-            reveal: torch.Tensor, remask: torch.Tensor, p_x0: torch.Tensor) -> None:
+def _record(trace: Trace, step: int, canvas: Canvas, rows: torch.Tensor, reveal: torch.Tensor,
+            remask: torch.Tensor, p_x0: torch.Tensor) -> None:
     """Add one step to the trace, expanding this step's rows and window back to the whole batch."""
 
     def whole(t: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(x.shape, dtype=t.dtype, device=t.device)
-        out[idx, c0:] = t
+        out = torch.zeros(canvas.tokens.shape, dtype=t.dtype, device=t.device)
+        out[rows, canvas.start:] = t
         return out
 
-    trace.record(step, x, pad, whole(reveal), whole(remask), whole(p_x0 * reveal))
+    trace.record(step, canvas.tokens, canvas.padding, whole(reveal), whole(remask), whole(p_x0 * reveal))
 
 
-def _fill_after_eos(xw: torch.Tensor, genw: torch.Tensor, eos: int, mask_id: int) -> torch.Tensor:
+def _fill_after_eos(tokens: torch.Tensor, generated: torch.Tensor, eos: int, mask_id: int) -> torch.Tensor:
     """Set the generated masks after each row's first revealed EOS to EOS; return the positions after it."""
-    is_eos = genw & (xw == eos)
+    is_eos = generated & (tokens == eos)
     after = (is_eos.long().cumsum(1) - is_eos.long()) > 0
-    xw.masked_fill_(after & genw & (xw == mask_id), eos)
-    return after & genw
+    tokens.masked_fill_(after & generated & (tokens == mask_id), eos)
+    return after & generated
 
 
 def _surprise_for(denoiser: Denoiser) -> torch.Tensor | None:
@@ -230,11 +293,11 @@ def _surprise_for(denoiser: Denoiser) -> torch.Tensor | None:
     return s
 
 
-def _finish(x: torch.Tensor, pad: torch.Tensor, prompt_end: torch.Tensor, denoiser: Denoiser, config: SamplerConfig,
-            nfe: int, row_nfe: list[int], trace: Trace | None) -> GenerationOutput:
-    rows = x.cpu().tolist()
-    seqs = [r[p:] for r, p in zip(rows, pad.tolist())]
-    gens = [r[e:] for r, e in zip(rows, prompt_end.tolist())]
+def _finish(canvas: Canvas, denoiser: Denoiser, config: SamplerConfig, nfe: int, row_nfe: list[int],
+            trace: Trace | None) -> GenerationOutput:
+    rows = canvas.tokens.cpu().tolist()
+    seqs = [r[p:] for r, p in zip(rows, canvas.padding.tolist())]
+    gens = [r[e:] for r, e in zip(rows, canvas.prompt_end.tolist())]
     if config.stop_at_eos and denoiser.eos_token_id is not None:
         gens = [g[: g.index(denoiser.eos_token_id)] if denoiser.eos_token_id in g else g for g in gens]
     return GenerationOutput(seqs, gens, nfe, row_nfe, trace)

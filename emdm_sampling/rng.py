@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from emdm_core.seeds import fold_seed
+
+__all__ = ["CounterRNG", "fold_seed"]
+
 _M31 = 0x7FFFFFFF
 
 
@@ -18,17 +22,6 @@ def _mix(h: torch.Tensor) -> torch.Tensor:
     h = (((h >> 12) ^ h) * 0x297A2D39) & _M31
     h = (((h >> 15) ^ h) * 0x1B873593) & _M31
     return (h >> 16) ^ h
-
-
-def fold_seed(seed: int) -> int:
-    """Fold an arbitrary Python int into 31 bits."""
-    seed = int(seed)
-    out = 0
-    while True:
-        out ^= seed & _M31
-        seed >>= 31
-        if seed in (0, -1):
-            return out & _M31
 
 
 class CounterRNG:
@@ -48,3 +41,9 @@ class CounterRNG:
     def gumbel(self, step: int, stream: int) -> torch.Tensor:
         """Standard Gumbel noise, float64, shaped like `positions`."""
         return -torch.log(-torch.log(self.uniform(step, stream)))
+
+    def rows(self, index: slice | torch.Tensor) -> "CounterRNG":
+        """The same generator restricted to some rows (a view, no new draws)."""
+        sub = CounterRNG.__new__(CounterRNG)
+        sub._base = self._base[index]
+        return sub

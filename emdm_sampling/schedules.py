@@ -7,27 +7,19 @@ from typing import Callable
 
 import torch
 
-from .errors import ConfigError
+from emdm_core.registry import Registry
 
 # A schedule maps (masked count at block entry m [B], step in block j [B], steps in block S [B]) to the cumulative
 # number of positions revealed after j steps, R(j) with R(0) = 0 and R(S) = m.
 CumulativeSchedule = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-_SCHEDULES: dict[str, CumulativeSchedule] = {}
-
-
-def register_schedule(name: str) -> Callable[[CumulativeSchedule], CumulativeSchedule]:
-    """Decorator: register a cumulative reveal schedule under `name`."""
-
-    def deco(fn: CumulativeSchedule) -> CumulativeSchedule:
-        _SCHEDULES[name] = fn
-        return fn
-
-    return deco
+SCHEDULES: Registry[CumulativeSchedule] = Registry("schedule")
+register_schedule = SCHEDULES.register
+get_schedule = SCHEDULES.get
 
 
 def available_schedules() -> list[str]:
     """Names of the registered schedules."""
-    return sorted(_SCHEDULES)
+    return SCHEDULES.available()
 
 
 @register_schedule("linear")
@@ -44,13 +36,9 @@ def cosine(m: torch.Tensor, j: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return torch.where(j >= s, m, m - torch.floor(m.double() * frac_masked).long())
 
 
-def reveal_counts(name: str, m: torch.Tensor, j: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+def reveal_counts(schedule: CumulativeSchedule, m: torch.Tensor, j: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """Positions to reveal at step j of S for rows whose block held m masks at entry (at least 1 while m > 0)."""
-    try:
-        fn = _SCHEDULES[name]
-    except KeyError:
-        raise ConfigError(f"unknown schedule {name!r}; choose one of {', '.join(available_schedules())}") from None
     j = torch.minimum(j, s - 1)
-    k = fn(m, j + 1, s) - fn(m, j, s)
+    k = schedule(m, j + 1, s) - schedule(m, j, s)
     # The last step of a block reveals whatever is left (remasking strategies may have added masks).
     return torch.where(j >= s - 1, torch.full_like(m, 2**31 - 1), k).clamp(min=1)

@@ -54,14 +54,18 @@ class Trace:
                 out[pos] = None
         return out
 
-    def frames(self, row: int = 0, decode: Callable[[int], str] | None = None, mask: str = "_") -> list[str]:
-        """The row's text after each step, masks shown as `mask` (for a terminal animation)."""
+    def frames(self, row: int = 0, decode: Callable[[int], str] | None = None, mask: str = "_",
+               mark_revealed: bool = False) -> list[str]:
+        """The row's text before and after each step, masks shown as `mask`; with `mark_revealed` the tokens a
+        step revealed are shown in brackets (the terminal animation of `python -m emdm_sampling --animate`)."""
         decode = decode or str
 
-        def render(tokens: list[int]) -> str:
-            return " ".join(mask if t == self.mask_token_id else decode(t) for t in tokens)
+        def render(tokens: list[int], revealed: set[int]) -> str:
+            words = (mask if t == self.mask_token_id else decode(t) for t in tokens)
+            return " ".join(f"[{w}]" if i in revealed else w for i, w in enumerate(words))
 
-        return [render(self.initial[row])] + [render(st.tokens[row]) for st in self.steps]
+        return [render(self.initial[row], set())] + [
+            render(st.tokens[row], set(st.revealed[row]) if mark_revealed else set()) for st in self.steps]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""

@@ -7,19 +7,31 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from emdm_core import typed
+from emdm_core.typed import at_least, greater_than, in_range, option
 
 from .errors import TrainConfigError
 
 
 def _opt(default: Any, help: str, group: str, **extra: Any) -> Any:
-    return field(default=default, metadata={"help": help, "group": group, **extra})
+    return option(default, help, group=group, **extra)
+
+
+def _alias(schedule: str, name: str, help: str, **extra: Any) -> Any:
+    """A per-schedule flag kept as a short spelling of `--masking-option NAME=VALUE` for that schedule."""
+    return option(None, f"{schedule} masking: {help} (= --masking-option {name}=...)", group="masking",
+                  masking_alias=(schedule, name), **extra)
+
+
+def _known_masking(name: str) -> str | None:
+    from .masking import available_maskings
+
+    return None if name in available_maskings() else f"is unknown; choose one of {', '.join(available_maskings())}"
 
 
 @dataclass
@@ -60,7 +72,7 @@ class TrainConfig:
     separator: str | None = _opt(None, "text placed between prompt and response, e.g. '[SEP]' (part of the prompt)",
                                  "data")
     max_length: int | None = _opt(None, "sequence length in tokens (default: the model's maximum, capped at 512)",
-                                  "data")
+                                  "data", check=at_least(1))
     pack: bool | None = _opt(None, "text format: concatenate documents (each ended by EOS) and cut them into "
                              "max_length blocks (default) or keep one document per row (--no-pack)", "data")
     add_eos: bool = _opt(True, "end every document / response with the EOS token (SEP when there is no EOS)",
@@ -69,56 +81,77 @@ class TrainConfig:
                           "model learns where text ends (all other special tokens are never masked)", "data")
     val_data: str | None = _opt(None, "held-out data source (default: --val-split of --data)", "data")
     val_split: float = _opt(0.05, "fraction of the documents of --data held out for evaluation when --val-data "
-                            "is not given", "data")
-    max_eval_examples: int = _opt(256, "evaluate on at most this many held-out sequences", "data")
-    max_examples: int | None = _opt(None, "use only the first N documents of --data (quick runs)", "data")
+                            "is not given", "data", check=in_range(0, 1, high_open=True))
+    max_eval_examples: int = _opt(256, "evaluate on at most this many held-out sequences", "data",
+                                  check=greater_than(0))
+    max_examples: int | None = _opt(None, "use only the first N documents of --data (quick runs)", "data",
+                                    check=at_least(1))
 
     # -- masking --------------------------------------------------------------------------------------------------
     masking: str = _opt("uniform", "masking schedule: uniform (MDLM, t~U(eps,1), weight 1/t) | llada (t~U(0.15,"
                         "0.99), weight 1/t) | surprise (seed 000: k=round(t n) tokens drawn by softmax(S/T), weight "
-                        "n/k) | entropy (ENS: lowest model entropy masked first, weight n/k)", "masking")
-    eps: float = _opt(1e-3, "smallest noise level t of uniform/surprise/entropy", "masking")
-    t_min: float | None = _opt(None, "override the schedule's lowest noise level (llada: 0.15)", "masking")
-    t_max: float | None = _opt(None, "override the schedule's highest noise level (llada: 0.99)", "masking")
+                        "n/k) | entropy (ENS: lowest model entropy masked first, weight n/k), or a registered one",
+                        "masking")
+    masking_options: dict[str, Any] = _opt({}, "options of the masking schedule: --masking-option K=V (repeat; "
+                                           "YAML: masking_options: {K: V}); the README lists each schedule's",
+                                           "masking")
+    eps: float = _opt(1e-3, "smallest noise level t of uniform/surprise/entropy", "masking",
+                      check=in_range(0, 1, low_open=True, high_open=True))
+    t_min: float | None = _opt(None, "override the schedule's lowest noise level (llada: 0.15)", "masking",
+                               check=in_range(0, 1, low_open=True))
+    t_max: float | None = _opt(None, "override the schedule's highest noise level (llada: 0.99)", "masking",
+                               check=in_range(0, 1, low_open=True))
     stratified_t: bool = _opt(True, "spread the noise levels of a batch evenly over [t_min, t_max] (MDLM's "
                               "low-discrepancy sampler) instead of drawing them independently", "masking")
-    surprise_temperature: float = _opt(1.0, "T of softmax(S/T) (> 0): small = (near) deterministic order by "
-                                       "surprise, large (1e6) = uniform masking", "masking")
-    surprise_mask_first: str = _opt("high", "high: seed 000's formula, high-surprise tokens masked first (so "
-                                    "revealed last in generation); low: the seed's stated aim, frequent tokens "
-                                    "masked first so informative ones are predicted first", "masking",
-                                    choices=("high", "low"))
     surprise_table: str = _opt("auto", "auto: reuse the --model checkpoint's surprise.safetensors if it has one, "
                                "else count the training data; data: always count the training data; or a path "
                                "to a directory/file holding surprise.safetensors", "masking")
-    entropy_temperature: float = _opt(0.0, "entropy masking: 0 = ENS's deterministic order, T > 0 samples the "
-                                      "order from softmax(-H/T)", "masking")
-    entropy_mask_first: str = _opt("low", "entropy masking: low (ENS) or high entropy masked first", "masking",
-                                   choices=("low", "high"))
-    entropy_probe_passes: int = _opt(0, "entropy masking: 0 = one no-grad pass on the clean sequence; P >= 1 = P "
-                                     "passes, each masking 1/P of the tokens, entropy read where masked", "masking")
+    surprise_temperature: float | None = _alias("surprise", "temperature", "T of softmax(S/T) (> 0; default 1): "
+                                                "small = (near) deterministic order by surprise, large (1e6) = "
+                                                "uniform masking")
+    surprise_direction: str | None = _alias("surprise", "direction", "the reveal order the model is trained for, "
+                                            "in the sampler's words: low_first (default, seed 000's formula: "
+                                            "high-surprise tokens masked first) or high_first (the seed's stated "
+                                            "aim: informative tokens predicted first)",
+                                            choices=("low_first", "high_first"))
+    surprise_mask_first: str | None = _alias("surprise", "mask_first", "old spelling of --surprise-direction: high "
+                                             "(= low_first) or low (= high_first)", choices=("high", "low"))
+    entropy_temperature: float | None = _alias("entropy", "temperature", "0 (default) = ENS's deterministic "
+                                               "order, T > 0 samples the order from softmax(-H/T)")
+    entropy_direction: str | None = _alias("entropy", "direction", "high_first (default, ENS: low-entropy tokens "
+                                           "masked first) or low_first", choices=("high_first", "low_first"))
+    entropy_mask_first: str | None = _alias("entropy", "mask_first", "old spelling of --entropy-direction: low "
+                                            "(= high_first) or high (= low_first)", choices=("low", "high"))
+    entropy_probe_passes: int | None = _alias("entropy", "probe_passes", "0 (default) = one no-grad pass on the "
+                                              "clean sequence; P >= 1 = P passes, each masking 1/P of the tokens, "
+                                              "entropy read where masked")
 
     # -- optimisation -----------------------------------------------------------------------------------------------
-    max_steps: int | None = _opt(None, "optimizer steps to train (or give --num-epochs)", "optimisation")
+    max_steps: int | None = _opt(None, "optimizer steps to train (or give --num-epochs)", "optimisation",
+                                 check=at_least(1))
     num_epochs: float | None = _opt(None, "epochs over the training data, when --max-steps is not given",
-                                    "optimisation")
+                                    "optimisation", check=greater_than(0))
     batch_size: int = _opt(32, "sequences per optimizer step, over all processes and accumulation steps (so a "
-                           "recipe trains the same on 1 or 8 devices)", "optimisation")
+                           "recipe trains the same on 1 or 8 devices)", "optimisation",
+                           check=greater_than(0))
     micro_batch_size: int | None = _opt(None, "sequences per forward pass on one device (default: batch_size / "
-                                        "(processes * grad_accum)); sets grad_accum when given", "optimisation")
+                                        "(processes * grad_accum)); sets grad_accum when given", "optimisation",
+                                        check=at_least(1))
     grad_accum: int | None = _opt(None, "gradient accumulation steps (default 1, or derived from "
-                                  "--micro-batch-size)", "optimisation")
-    learning_rate: float = _opt(1e-4, "peak learning rate (AdamW)", "optimisation")
-    weight_decay: float = _opt(0.01, "AdamW weight decay (not applied to biases and norms)", "optimisation")
+                                  "--micro-batch-size)", "optimisation", check=at_least(1))
+    learning_rate: float = _opt(1e-4, "peak learning rate (AdamW)", "optimisation", check=greater_than(0))
+    weight_decay: float = _opt(0.01, "AdamW weight decay (not applied to biases and norms)", "optimisation",
+                               check=at_least(0))
     adam_beta1: float = _opt(0.9, "AdamW beta1", "optimisation")
     adam_beta2: float = _opt(0.999, "AdamW beta2", "optimisation")
     adam_eps: float = _opt(1e-8, "AdamW epsilon", "optimisation")
-    warmup_steps: int | None = _opt(None, "linear warm-up steps (default: 5% of the steps)", "optimisation")
+    warmup_steps: int | None = _opt(None, "linear warm-up steps (default: 5% of the steps)", "optimisation",
+                                    check=at_least(0))
     lr_scheduler: str = _opt("cosine", "learning-rate decay after warm-up: cosine | linear | constant",
                              "optimisation", choices=("cosine", "linear", "constant"))
     min_lr_ratio: float = _opt(0.1, "final learning rate as a fraction of the peak (cosine/linear)",
-                               "optimisation")
-    max_grad_norm: float = _opt(1.0, "gradient clipping norm (0 disables)", "optimisation")
+                               "optimisation", check=in_range(0, 1))
+    max_grad_norm: float = _opt(1.0, "gradient clipping norm (0 disables)", "optimisation", check=at_least(0))
     mixed_precision: str = _opt("auto", "auto (bf16 on a GPU that supports it, else fp32) | no | bf16 | fp16",
                                 "optimisation", choices=("auto", "no", "bf16", "fp16"))
     cpu: bool = _opt(False, "train on the CPU even when a GPU is present", "optimisation")
@@ -129,10 +162,12 @@ class TrainConfig:
     output: str | None = _opt(None, "output directory: checkpoint-N/ every --save-every steps, and the final "
                               "model files at its top level (load it with pretrained=OUTPUT)", "output")
     save_every: int = _opt(500, "write checkpoint-N/ (model + optimizer state) every N steps (0: only at the end)",
-                           "output")
-    save_total_limit: int | None = _opt(2, "keep only the newest N checkpoints (none keeps all)", "output")
-    eval_every: int = _opt(500, "held-out loss every N steps (0: only before and after training)", "output")
-    log_every: int = _opt(10, "log loss, learning rate and tokens/s every N steps", "output")
+                           "output", check=at_least(0))
+    save_total_limit: int | None = _opt(2, "keep only the newest N checkpoints (none keeps all)", "output",
+                                        check=at_least(1))
+    eval_every: int = _opt(500, "held-out loss every N steps (0: only before and after training)", "output",
+                           check=at_least(0))
+    log_every: int = _opt(10, "log loss, learning rate and tokens/s every N steps", "output", check=greater_than(0))
     report_to: str = _opt("auto", "auto (TensorBoard when installed) | tensorboard | none", "output",
                           choices=("auto", "tensorboard", "none"))
     resume: str | None = _opt(None, "continue a killed run: --resume (newest complete checkpoint in --output) or "
@@ -157,111 +192,69 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], origin: str = "recipe") -> "TrainConfig":
         """Build from a dict whose keys are field names (dashes allowed); unknown keys are an error."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        hints = typing.get_type_hints(cls)
-        kwargs = {}
-        for raw_key, value in values.items():
-            key = str(raw_key).replace("-", "_")
-            if key not in known:
-                close = [k for k in known if k.startswith(key[:4])]
-                hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
-                raise TrainConfigError(f"unknown option {raw_key!r} in {origin}{hint}; see python -m emdm_train "
-                                       f"--help")
-            kwargs[key] = _coerce(key, value, hints[key], origin)
-        return cls(**kwargs)
+        try:
+            return typed.build(cls, values, origin=origin, error=TrainConfigError)
+        except TrainConfigError as exc:
+            if str(exc).startswith("unknown option"):
+                raise TrainConfigError(str(exc).split("; options:")[0] + "; see python -m emdm_train --help") \
+                    from None
+            raise
 
     def validate(self) -> "TrainConfig":
         """Check required fields and ranges; raise `TrainConfigError` with the option to fix."""
-        from .masking import available_maskings
-
         for name in ("model", "data", "output"):
             if not getattr(self, name):
                 raise TrainConfigError(f"--{name.replace('_', '-')} is required (or set {name}: in the --config "
                                        f"YAML)")
         if self.max_steps is None and self.num_epochs is None:
             raise TrainConfigError("give --max-steps N or --num-epochs E")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise TrainConfigError(f"--max-steps must be >= 1 (got {self.max_steps})")
-        if self.num_epochs is not None and not self.num_epochs > 0:
-            raise TrainConfigError(f"--num-epochs must be > 0 (got {self.num_epochs})")
-        if self.masking not in available_maskings():
+        if _known_masking(self.masking):
+            from .masking import available_maskings
+
             raise TrainConfigError(f"unknown --masking {self.masking!r}; choose one of "
                                    f"{', '.join(available_maskings())}")
-        if not self.surprise_temperature > 0 or math.isnan(self.surprise_temperature):
-            raise TrainConfigError(f"--surprise-temperature must be > 0 (got {self.surprise_temperature}); small "
-                                   f"values such as 0.1 are near-greedy, large ones such as 1e6 give uniform masking")
-        if not self.entropy_temperature >= 0:
-            raise TrainConfigError(f"--entropy-temperature must be >= 0 (got {self.entropy_temperature})")
-        if self.entropy_probe_passes < 0:
-            raise TrainConfigError(f"--entropy-probe-passes must be >= 0 (got {self.entropy_probe_passes})")
-        if not 0 < self.eps < 1:
-            raise TrainConfigError(f"--eps must be in (0, 1) (got {self.eps})")
-        for name in ("t_min", "t_max"):
-            v = getattr(self, name)
-            if v is not None and not 0 < v <= 1:
-                raise TrainConfigError(f"--{name.replace('_', '-')} must be in (0, 1] (got {v})")
-        positive = ("batch_size", "learning_rate", "log_every", "max_eval_examples")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise TrainConfigError(f"--{name.replace('_', '-')} must be > 0 (got {getattr(self, name)})")
-        for name in ("micro_batch_size", "grad_accum", "max_length", "max_examples", "save_total_limit"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise TrainConfigError(f"--{name.replace('_', '-')} must be >= 1 (got {v})")
-        for name in ("save_every", "eval_every", "weight_decay", "max_grad_norm"):
-            if getattr(self, name) < 0:
-                raise TrainConfigError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise TrainConfigError(f"--warmup-steps must be >= 0 (got {self.warmup_steps})")
-        if not 0 <= self.val_split < 1:
-            raise TrainConfigError(f"--val-split must be in [0, 1) (got {self.val_split})")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise TrainConfigError(f"--min-lr-ratio must be in [0, 1] (got {self.min_lr_ratio})")
-        for name, choices in _choices().items():
-            if getattr(self, name) not in choices:
-                raise TrainConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)} (got "
-                                       f"{getattr(self, name)!r})")
+        typed.check_fields(self, TrainConfigError, label=typed.flag_name)
+        for schedule, (options, labels) in masking_option_sets(self).items():
+            from .masking import MASKINGS
+
+            MASKINGS.get(schedule).resolve_options(options, labels)  # the schedule's own checks, once
         return self
 
 
-def _choices() -> dict[str, tuple[str, ...]]:
-    return {f.name: f.metadata["choices"] for f in dataclasses.fields(TrainConfig) if "choices" in f.metadata}
+def _alias_fields() -> list[dataclasses.Field]:
+    return [f for f in typed.fields(TrainConfig) if "masking_alias" in f.metadata]
 
 
-def _base_type(hint: Any) -> tuple[type, bool]:
-    """(the non-None type of a hint, whether None is allowed)."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        non_none = [a for a in args if a is not type(None)]
-        return non_none[0], len(non_none) < len(args)
-    return hint, False
+def masking_option_sets(cfg: TrainConfig) -> dict[str, tuple[dict[str, Any], dict[str, str]]]:
+    """For each schedule the recipe sets options of: (options, how the user named each one).
+
+    The chosen `--masking` gets the generic noise range (`eps`, `t_min`, `t_max`, when it takes them), the
+    per-schedule flags that belong to it and `masking_options` (which win); other schedules get only their own
+    per-schedule flags, so that a wrong value is an error even before the schedule is chosen."""
+    from .masking import MASKINGS
+
+    sets: dict[str, tuple[dict[str, Any], dict[str, str]]] = {}
+    chosen = MASKINGS.get(cfg.masking)
+    opts, labels = sets.setdefault(cfg.masking, ({}, {}))
+    for name in ("eps", "t_min", "t_max"):
+        if name in chosen.options and getattr(cfg, name) is not None:
+            opts[name], labels[name] = getattr(cfg, name), typed.flag_name(name)
+    for f in _alias_fields():
+        value = getattr(cfg, f.name)
+        if value is None:
+            continue
+        schedule, option_name = f.metadata["masking_alias"]
+        if schedule in MASKINGS:
+            o, lab = sets.setdefault(schedule, ({}, {}))
+            o[option_name], lab[option_name] = value, typed.flag_name(f.name)
+    for key, value in (cfg.masking_options or {}).items():
+        opts[key], labels[key] = value, f"--masking-option {key}"
+    return sets
 
 
-def _coerce(key: str, value: Any, hint: Any, origin: str) -> Any:
-    base, optional = _base_type(hint)
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
-        if optional or key in ("model", "data", "output"):
-            return None
-        raise TrainConfigError(f"option {key!r} in {origin} cannot be empty")
-    try:
-        if base is bool:
-            if isinstance(value, str):
-                low = value.lower()
-                if low in ("true", "yes", "1", "on"):
-                    return True
-                if low in ("false", "no", "0", "off"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        if base is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if base is float:
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise TrainConfigError(f"option {key!r} in {origin} must be {base.__name__} (got {value!r})") from None
+def masking_options(cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, str]]:
+    """The options (and their labels) the chosen schedule is built with."""
+    return masking_option_sets(cfg)[cfg.masking]
 
 
 def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
@@ -303,25 +296,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", metavar="YAML", help="YAML recipe whose keys are the options below "
                         "(e.g. emdm_train/recipes/tiny-cpu.yaml); command-line options win")
-    hints = typing.get_type_hints(TrainConfig)
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for f in dataclasses.fields(TrainConfig):
-        group_name = f.metadata["group"]
-        group = groups.get(group_name) or groups.setdefault(group_name, parser.add_argument_group(group_name))
-        flag = "--" + f.name.replace("_", "-")
-        base, optional = _base_type(hints[f.name])
-        default = f.default
-        help_text = (f.metadata["help"] + ("" if default is None else f" [default: {default}]")).replace("%", "%%")
-        if f.name == "resume":
-            group.add_argument(flag, nargs="?", const="latest", metavar="CHECKPOINT", help=help_text)
-        elif base is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
-        else:
-            kwargs: dict[str, Any] = {"help": help_text, "metavar": f.name.upper()}
-            if "choices" in f.metadata:
-                kwargs["choices"] = f.metadata["choices"]
-                kwargs.pop("metavar")
-            group.add_argument(flag, type=str, **kwargs)
+
+    def resume_flag(group: Any, flag: str, help_text: str) -> None:
+        group.add_argument(flag, nargs="?", const="latest", metavar="CHECKPOINT", help=help_text)
+
+    def masking_option_flag(group: Any, flag: str, help_text: str) -> None:
+        group.add_argument("--masking-option", flag, dest="masking_options", action="append", metavar="K=V",
+                           help=help_text)
+
+    typed.add_arguments(parser, TrainConfig, special={"resume": resume_flag,
+                                                      "masking_options": masking_option_flag})
     return parser
 
 
@@ -333,6 +317,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     if recipe_path:
         values.update({str(k).replace("-", "_"): v for k, v in load_recipe(recipe_path).items()})
         TrainConfig.from_dict(values, origin=str(recipe_path))  # report a bad recipe key by its file
+    if "masking_options" in args:  # --masking-option k=v (repeated) adds to the recipe's mapping
+        merged = dict(typed.coerce(values.get("masking_options") or {}, dict[str, Any], "masking_options",
+                                   TrainConfigError))
+        for item in args.pop("masking_options"):
+            merged.update(typed.parse_mapping(item, "--masking-option"))
+        values["masking_options"] = merged
     values.update(args)
     cfg = TrainConfig.from_dict(values, origin="the command line" if not recipe_path else
                                 f"{recipe_path} / the command line")

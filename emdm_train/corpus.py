@@ -23,7 +23,12 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from .errors import DataError, first_line
+from emdm_core.errors import first_line
+from emdm_core.paths import looks_local
+from emdm_models.denoiser import config_max_length
+from emdm_models.loading import eos_token_id
+
+from .errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +116,7 @@ def load_source(source: str, split: str = "train", config_name: str | None = Non
             return datasets.load_dataset(builder, data_files=str(path), split="train")
         if path.is_dir():
             return datasets.load_dataset(str(path), split=split)
-        if str(source).startswith((".", "/", "~")) or path.suffix.lower() in _BUILDERS or (
-                os.sep in str(source) and not _looks_like_hub(str(source))):
+        if looks_local(str(source)) or path.suffix.lower() in _BUILDERS:
             raise DataError(f"dataset {source} does not exist; give a local .jsonl/.txt/.parquet file, a folder, or "
                             f"a hub dataset name")
         return datasets.load_dataset(str(source), config_name, split=split)
@@ -126,10 +130,6 @@ def load_source(source: str, split: str = "train", config_name: str | None = Non
     except Exception as exc:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ...)
         raise DataError(f"cannot load dataset {source}: {first_line(exc)}; give a local .jsonl/.txt/.parquet file, "
                         f"a folder, or a hub dataset that is in the local cache (HF_DATASETS_OFFLINE=1)") from None
-
-
-def _looks_like_hub(name: str) -> bool:
-    return name.count("/") == 1 and not name.startswith((".", "/", "~"))
 
 
 def detect_format(columns: list[str], requested: str, text_column: str, prompt_field: str, response_field: str,
@@ -149,12 +149,6 @@ def detect_format(columns: list[str], requested: str, text_column: str, prompt_f
     return fmt
 
 
-def end_token_id(tokenizer: Any) -> int | None:
-    """The id that ends a document/response: EOS, else SEP."""
-    eos = getattr(tokenizer, "eos_token_id", None)
-    return eos if eos is not None else getattr(tokenizer, "sep_token_id", None)
-
-
 def _batches(ds: Any, columns: list[str], batch_size: int = 1000) -> Iterator[dict[str, list]]:
     view = ds.select_columns(columns)
     for start in range(0, len(view), batch_size):
@@ -166,7 +160,7 @@ def tokenize_text(ds: Any, tokenizer: Any, column: str, max_length: int, pack: b
     """Tokenise a text column; pack into `max_length` blocks or keep one (truncated) row per document."""
     from tqdm.auto import tqdm
 
-    end = end_token_id(tokenizer) if add_eos else None
+    end = eos_token_id(tokenizer) if add_eos else None
     docs: list[np.ndarray] = []
     truncated = 0
     with tqdm(total=len(ds), desc=desc, disable=not progress, unit="doc") as bar:
@@ -201,7 +195,7 @@ def tokenize_prompt_response(ds: Any, tokenizer: Any, prompt_field: str, respons
     """Tokenise prompt/response rows: prompt (with the tokenizer's special tokens) + separator + response + EOS."""
     from tqdm.auto import tqdm
 
-    end = end_token_id(tokenizer) if add_eos else None
+    end = eos_token_id(tokenizer) if add_eos else None
     sep = tokenizer(separator, add_special_tokens=False)["input_ids"] if separator else []
     rows_out: list[np.ndarray] = []
     prompt_lens: list[int] = []
@@ -235,21 +229,13 @@ def tokenize_prompt_response(ds: Any, tokenizer: Any, prompt_field: str, respons
 def default_max_length(model_config: Any, requested: int | None, cap: int = 512) -> int:
     """`requested`, else the model's maximum position count capped at `cap`."""
     if requested is not None:
-        limit = _model_limit(model_config)
+        limit = config_max_length(model_config)
         if limit and requested > limit:
             raise DataError(f"--max-length {requested} exceeds the model's maximum of {limit} positions; pass "
                             f"--max-length {limit} or less")
         return int(requested)
-    limit = _model_limit(model_config)
+    limit = config_max_length(model_config)
     return int(min(limit, cap)) if limit else cap
-
-
-def _model_limit(model_config: Any) -> int | None:
-    for name in ("max_position_embeddings", "max_sequence_length", "n_positions", "max_seq_len"):
-        v = getattr(model_config, name, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    return None
 
 
 def prepare_data(cfg: Any, tokenizer: Any, model_config: Any, progress: bool = True) -> DataBundle:

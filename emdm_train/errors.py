@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from emdm_sampling.errors import ConfigError, EMDMError
+from emdm_core.errors import ConfigError, EMDMError
 
 
 class TrainError(EMDMError):
@@ -15,9 +15,3 @@ class TrainConfigError(TrainError, ConfigError):
 
 class DataError(TrainError, ValueError):
     """The training data cannot be loaded or holds nothing usable."""
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (or its type name when it has none)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -33,38 +33,47 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple
 
 import torch
+
+from emdm_core import typed
+from emdm_core.registry import Registry
+from emdm_core.typed import Check, at_least, greater_than
 
 from .errors import TrainConfigError
 
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-_MASKINGS: dict[str, type["MaskingSchedule"]] = {}
+
+class Opt(NamedTuple):
+    """A schedule option: its default, type, range check and help (the README's schedule table)."""
+
+    default: Any
+    type: Any
+    check: Check | None = None
+    help: str = ""
 
 
-def register_masking(name: str) -> Callable[[type["MaskingSchedule"]], type["MaskingSchedule"]]:
-    """Class decorator: register a `MaskingSchedule` subclass under `name`."""
-
-    def deco(cls: type[MaskingSchedule]) -> type[MaskingSchedule]:
-        cls.name = name
-        _MASKINGS[name] = cls
-        return cls
-
-    return deco
+DIRECTIONS = ("high_first", "low_first")
 
 
-def available_maskings() -> list[str]:
-    """Names of the registered masking schedules."""
-    return sorted(_MASKINGS)
+def _direction(value: str) -> str | None:
+    return None if value in DIRECTIONS else f"must be high_first or low_first (got {value!r})"
+
+
+# the noise range every schedule has
+RANGE_OPTIONS = {
+    "t_min": Opt(None, float | None, None, "lowest noise level (default: the schedule's)"),
+    "t_max": Opt(None, float | None, None, "highest noise level (default: the schedule's)"),
+}
+EPS = {"eps": Opt(1e-3, float, lambda v: None if 0 < v < 1 else "must be in (0, 1); MDLM uses 1e-3",
+                  "smallest noise level t (the default t_min)")}
 
 
 def build_masking(name: str, mask_token_id: int, **options: Any) -> "MaskingSchedule":
-    """Instantiate the schedule registered as `name` with its options."""
-    if name not in _MASKINGS:
-        raise TrainConfigError(f"unknown masking {name!r}; choose one of {', '.join(available_maskings())}")
-    return _MASKINGS[name](mask_token_id=mask_token_id, **options)
+    """Instantiate the schedule registered as `name` with its options (and resources such as `surprise`)."""
+    return MASKINGS.get(name)(mask_token_id=mask_token_id, **options)
 
 
 # --- randomness ----------------------------------------------------------------------------------------------
@@ -139,20 +148,55 @@ def maskable_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor | N
 
 
 class MaskingSchedule:
-    """Base class: sample t per row, choose positions, weight the loss (see module docstring)."""
+    """Base class: sample t per row, choose positions, weight the loss (see module docstring).
+
+    A schedule declares its options (`options`: name -> `Opt`) and, for old spellings, `aliases` (old name ->
+    (option, {old value: new value})); `resolve_options` is the one place they are converted and checked. The
+    trainer passes `--masking-option k=v` (YAML `masking_options:`) and the per-schedule flags through it."""
 
     name: ClassVar[str] = "base"
     needs_model: ClassVar[bool] = False  # True when `__call__` needs `logits_fn`
+    needs_surprise: ClassVar[bool] = False  # True when the constructor needs the surprise table (`surprise=`)
     default_t_range: ClassVar[tuple[float, float]] = (1e-3, 1.0)
+    options: ClassVar[dict[str, Opt]] = dict(RANGE_OPTIONS)
+    aliases: ClassVar[dict[str, tuple[str, dict[str, str]]]] = {}
 
-    def __init__(self, mask_token_id: int, t_min: float | None = None, t_max: float | None = None):
+    def __init__(self, mask_token_id: int, labels: Mapping[str, str] | None = None, **options: Any):
         self.mask_token_id = int(mask_token_id)
+        self.opt = self.resolve_options(options, labels)
         lo, hi = self.default_t_range
+        t_min = self.opt.get("t_min")
+        if t_min is None and "eps" in self.opt:
+            t_min = self.opt["eps"]
         self.t_min = float(lo if t_min is None else t_min)
-        self.t_max = float(hi if t_max is None else t_max)
+        self.t_max = float(hi if self.opt.get("t_max") is None else self.opt["t_max"])
         if not 0.0 < self.t_min <= self.t_max <= 1.0:
             raise TrainConfigError(f"masking t range must satisfy 0 < t_min <= t_max <= 1 (got t_min={self.t_min}, "
                                    f"t_max={self.t_max}); e.g. --t-min 0.15 --t-max 0.99")
+
+    @classmethod
+    def resolve_options(cls, given: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Defaults overlaid with `given` (old names mapped, strings converted), each checked. `labels` says how
+        the user named an option (e.g. `--surprise-temperature`), for the error message."""
+        labels = dict(labels or {})
+        out = {name: o.default for name, o in cls.options.items()}
+        for raw, value in given.items():
+            name, label = raw, labels.get(raw, raw)
+            if raw in cls.aliases:
+                name, values = cls.aliases[raw]
+                if value not in values:
+                    raise TrainConfigError(f"{label} must be {' or '.join(values)} (got {value!r})")
+                value = values[value]
+            if name not in cls.options:
+                raise TrainConfigError(f"unknown option {label!r} for masking {cls.name!r}; its options: "
+                                       f"{', '.join(sorted(cls.options)) or 'none'}")
+            spec = cls.options[name]
+            value = typed.coerce(value, spec.type, label, TrainConfigError)
+            problem = spec.check(value) if spec.check is not None and value is not None else None
+            if problem:
+                raise TrainConfigError(typed.problem_message(label, value, problem))
+            out[name] = value
+        return out
 
     def sample_t(self, u_t: torch.Tensor) -> torch.Tensor:
         """Noise level per row from uniforms: t_min + (t_max - t_min) u."""
@@ -186,14 +230,24 @@ class MaskingSchedule:
             weights=weights, mask=mask, t=t, n_maskable=maskable.sum(1))
 
 
+MASKINGS: Registry[type[MaskingSchedule]] = Registry("masking", base=MaskingSchedule, error=TrainConfigError)
+
+
+def register_masking(name: str) -> Callable[[type[MaskingSchedule]], type[MaskingSchedule]]:
+    """Class decorator: register a `MaskingSchedule` subclass under `name` (usable as `--masking name`)."""
+    return MASKINGS.register(name)
+
+
+def available_maskings() -> list[str]:
+    """Names of the registered masking schedules."""
+    return MASKINGS.available()
+
+
 @register_masking("uniform")
 class UniformMasking(MaskingSchedule):
     """MDM/MDLM: t ~ U(eps, 1); each maskable token masked independently with probability t; weight 1/t."""
 
-    def __init__(self, mask_token_id: int, eps: float = 1e-3, t_min: float | None = None, t_max: float | None = None):
-        if not 0.0 < eps < 1.0:
-            raise TrainConfigError(f"eps must be in (0, 1) (got {eps}); MDLM uses 1e-3")
-        super().__init__(mask_token_id, eps if t_min is None else t_min, t_max)
+    options = {**RANGE_OPTIONS, **EPS}
 
     def select(self, input_ids, maskable, t, noise, attention_mask, logits_fn):
         return noise.u_tok < t[:, None], 1.0 / t
@@ -204,20 +258,21 @@ class LLaDAMasking(UniformMasking):
     """LLaDA-style variable-rate masking (seed 002): t ~ U(0.15, 0.99), independent masking, weight 1/t."""
 
     default_t_range = (0.15, 0.99)
-
-    def __init__(self, mask_token_id: int, t_min: float | None = None, t_max: float | None = None):
-        MaskingSchedule.__init__(self, mask_token_id, t_min, t_max)
+    options = dict(RANGE_OPTIONS)
 
 
 class OrderedMasking(MaskingSchedule):
     """Mask exactly k = round(t n) tokens per row, drawn without replacement with probabilities
     softmax(score / T) over the maskable tokens (Gumbel top-k: keys = score / T + Gumbel, keep the k largest).
-    The count uses stochastic rounding, so E[k] = t n. Loss weight n / k."""
+    The count uses stochastic rounding, so E[k] = t n. Loss weight n / k.
 
-    def __init__(self, mask_token_id: int, temperature: float = 1.0, eps: float = 1e-3, t_min: float | None = None,
-                 t_max: float | None = None):
-        super().__init__(mask_token_id, eps if t_min is None else t_min, t_max)
-        self.temperature = float(temperature)
+    `direction` uses the sampler's vocabulary: which tokens the trained model reveals first when it generates
+    (the reverse of the masking order: `low_first` masks the high-scoring tokens first)."""
+
+    def __init__(self, mask_token_id: int, labels: Mapping[str, str] | None = None, **options: Any):
+        super().__init__(mask_token_id, labels, **options)
+        self.temperature = float(self.opt["temperature"])
+        self.direction = self.opt["direction"]
 
     def scores(self, input_ids: torch.Tensor, maskable: torch.Tensor, noise: Noise, attention_mask: torch.Tensor,
                logits_fn: LogitsFn | None) -> torch.Tensor:
@@ -253,22 +308,25 @@ def ranks_descending(keys: torch.Tensor) -> torch.Tensor:
 class SurpriseMasking(OrderedMasking):
     """Seed 000: mask tokens with probability softmax(S/T), S = -log2 p_unigram (the surprise table).
 
-    `mask_first="high"` (default) is the seed's formula: high-surprise tokens are masked first (at small t), so
-    in generation they are revealed last. `mask_first="low"` follows the seed's stated aim instead: frequent tokens
-    are masked first and informative ones stay visible until t is near 1, i.e. they are predicted first. T -> 0 is
-    a deterministic order, T -> inf the uniform MDM order. Maskable special tokens (the EOS that ends a response)
-    have no surprise of their own and are scored with the row's mean surprise.
+    `direction="low_first"` (default) is the seed's formula: high-surprise tokens are masked first (at small t),
+    so in generation they are revealed last. `direction="high_first"` follows the seed's stated aim instead:
+    frequent tokens are masked first and informative ones stay visible until t is near 1, i.e. they are predicted
+    first. T -> 0 is a deterministic order, T -> inf the uniform MDM order. Maskable special tokens (the EOS that
+    ends a response) have no surprise of their own and are scored with the row's mean surprise.
     """
 
-    def __init__(self, mask_token_id: int, surprise: Any, temperature: float = 1.0, mask_first: str = "high",
-                 eps: float = 1e-3, t_min: float | None = None, t_max: float | None = None,
-                 special_ids: Any = None):
-        if not temperature > 0:
-            raise TrainConfigError(f"surprise temperature must be > 0 (got {temperature}); small values such as 0.1 "
-                                   f"are near-greedy, large ones (e.g. 1e6) give uniform masking")
-        if mask_first not in ("high", "low"):
-            raise TrainConfigError(f"surprise mask_first must be 'high' or 'low' (got {mask_first!r})")
-        super().__init__(mask_token_id, temperature, eps, t_min, t_max)
+    options = {**RANGE_OPTIONS, **EPS,
+               "temperature": Opt(1.0, float, greater_than(0, "; small values such as 0.1 are near-greedy, large "
+                                                              "ones such as 1e6 give uniform masking"),
+                                  "T of softmax(S/T)"),
+               "direction": Opt("low_first", str, _direction,
+                                "reveal order the model is trained for: low_first (the formula) or high_first")}
+    aliases = {"mask_first": ("direction", {"high": "low_first", "low": "high_first"})}
+    needs_surprise = True
+
+    def __init__(self, mask_token_id: int, surprise: Any = None, special_ids: Any = None,
+                 labels: Mapping[str, str] | None = None, **options: Any):
+        super().__init__(mask_token_id, labels, **options)
         table = getattr(surprise, "surprise", surprise)
         if table is None:
             raise TrainConfigError("masking 'surprise' needs a surprise table; build one with SurpriseTable")
@@ -278,8 +336,7 @@ class SurpriseMasking(OrderedMasking):
         self.special = torch.zeros(self.surprise.numel(), dtype=torch.bool)
         if len(special_ids):
             self.special[torch.as_tensor(list(special_ids), dtype=torch.long)] = True
-        self.sign = 1.0 if mask_first == "high" else -1.0
-        self.mask_first = mask_first
+        self.sign = 1.0 if self.direction == "low_first" else -1.0
 
     def scores(self, input_ids, maskable, noise, attention_mask, logits_fn):
         if self.surprise.device != input_ids.device:
@@ -295,7 +352,8 @@ class SurpriseMasking(OrderedMasking):
 @register_masking("entropy")
 class EntropyMasking(OrderedMasking):
     """ENS (seed 001, Diffusion-EAGS): order tokens by the model's own predictive entropy and mask low-entropy
-    tokens first (`mask_first="low"`; "high" reverses it). The entropy comes from a no-grad probe:
+    tokens first, so the model learns to reveal high-entropy tokens first (`direction="high_first"`, as EAGS
+    decodes; "low_first" reverses it). The entropy comes from a no-grad probe:
     `probe_passes=0` runs one pass on the clean sequence (sensible for BERT/RoBERTa-style models, which learn to
     predict visible tokens too); `probe_passes=P>=1` splits the maskable tokens into P random groups and runs P
     passes, each with one group masked, so every token's entropy is read where it is masked (mask rate 1/P; use
@@ -303,20 +361,18 @@ class EntropyMasking(OrderedMasking):
     is ENS's deterministic order (random tie-breaks); T > 0 samples the order from softmax(-+H/T)."""
 
     needs_model = True
+    options = {**RANGE_OPTIONS, **EPS,
+               "temperature": Opt(0.0, float, at_least(0, "; 0 is ENS's deterministic order"),
+                                  "0: deterministic order; T > 0 samples it from softmax(-+H/T)"),
+               "direction": Opt("high_first", str, _direction,
+                                "reveal order the model is trained for: high_first (ENS) or low_first"),
+               "probe_passes": Opt(0, int, at_least(0), "0: one pass on the clean sequence; P: P masked passes")}
+    aliases = {"mask_first": ("direction", {"low": "high_first", "high": "low_first"})}
 
-    def __init__(self, mask_token_id: int, temperature: float = 0.0, mask_first: str = "low", probe_passes: int = 0,
-                 eps: float = 1e-3, t_min: float | None = None, t_max: float | None = None):
-        if not temperature >= 0:
-            raise TrainConfigError(f"entropy temperature must be >= 0 (got {temperature}); 0 is ENS's "
-                                   f"deterministic order")
-        if mask_first not in ("low", "high"):
-            raise TrainConfigError(f"entropy mask_first must be 'low' or 'high' (got {mask_first!r})")
-        if int(probe_passes) < 0:
-            raise TrainConfigError(f"entropy probe_passes must be >= 0 (got {probe_passes})")
-        super().__init__(mask_token_id, temperature, eps, t_min, t_max)
-        self.sign = 1.0 if mask_first == "high" else -1.0
-        self.mask_first = mask_first
-        self.probe_passes = int(probe_passes)
+    def __init__(self, mask_token_id: int, labels: Mapping[str, str] | None = None, **options: Any):
+        super().__init__(mask_token_id, labels, **options)
+        self.sign = 1.0 if self.direction == "low_first" else -1.0
+        self.probe_passes = int(self.opt["probe_passes"])
 
     def entropy(self, input_ids: torch.Tensor, maskable: torch.Tensor, noise: Noise, attention_mask: torch.Tensor,
                 logits_fn: LogitsFn) -> torch.Tensor:

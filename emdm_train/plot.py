@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from emdm_sampling.errors import EMDMError
+from emdm_core.errors import EMDMError
 
 
 def read_log(run_dir: str | Path) -> list[dict]:
@@ -80,7 +80,13 @@ def plot_runs(runs: dict[str, list[dict]], out: str | Path, title: str = "") -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point."""
+    """CLI entry point (emdm's errors print as one line, exit status 2)."""
+    from emdm_core.cli import run_cli
+
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(prog="python -m emdm_train.plot", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", nargs="+", help="the --output directory of an emdm_train run (several: compare them)")
@@ -91,15 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     labels = args.labels or [Path(r).name for r in args.run_dir]
     if len(labels) != len(args.run_dir):
         p.error(f"--labels gives {len(labels)} labels for {len(args.run_dir)} runs; give one per run")
-    try:
-        if len(args.run_dir) == 1:
-            out = plot_loss(read_log(args.run_dir[0]), args.out or Path(args.run_dir[0]) / "loss.png", args.title)
-        else:
-            runs = {label: read_log(run) for label, run in zip(labels, args.run_dir)}
-            out = plot_runs(runs, args.out or "loss_compare.png", args.title)
-    except EMDMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if len(args.run_dir) == 1:
+        out = plot_loss(read_log(args.run_dir[0]), args.out or Path(args.run_dir[0]) / "loss.png", args.title)
+    else:
+        runs = {label: read_log(run) for label, run in zip(labels, args.run_dir)}
+        out = plot_runs(runs, args.out or "loss_compare.png", args.title)
     print(out)
     return 0
 

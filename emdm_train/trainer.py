@@ -29,15 +29,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from emdm_sampling.surprise import SurpriseTable, special_token_ids
+from emdm_core.errors import first_line
+from emdm_core.seeds import mix_seed
+from emdm_core.surprise import SurpriseTable, special_token_ids
+from emdm_models.denoiser import adapter_for, output_vocab_size
+from emdm_models.loading import FLAGS, add_mask_token, eos_token_id, load_tokenizer, read_config, resolve_mask_token
 
-from .config import TrainConfig
-from .corpus import DataBundle, TokenData, end_token_id, prepare_data
+from .config import TrainConfig, masking_options
+from .corpus import DataBundle, TokenData, prepare_data
 from .errors import TrainConfigError, TrainError
-from .masking import MaskingSchedule, Noise, UniformMasking, build_masking, maskable_positions, \
-    weighted_mlm_loss_sum
-from .modeling import add_mask_token, load_config, load_model, load_tokenizer, logits_function, model_vocab_size, \
-    resolve_mask_token
+from .masking import MASKINGS, MaskingSchedule, Noise, UniformMasking, maskable_positions, weighted_mlm_loss_sum
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +49,6 @@ _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
 # --- small helpers ---------------------------------------------------------------------------------------------
-
-
-def mix_seed(*values: int) -> int:
-    """A 63-bit seed from integers (splitmix64 finaliser over their sequence)."""
-    x = 0x9E3779B97F4A7C15
-    mask = (1 << 64) - 1
-    for v in values:
-        x = (x ^ (int(v) & mask)) * 0xBF58476D1CE4E5B9 & mask
-        x = (x ^ (x >> 31)) * 0x94D049BB133111EB & mask
-        x ^= x >> 29
-    return x & ((1 << 63) - 1)
 
 
 class EpochOrder:
@@ -242,25 +232,38 @@ class Trainer:
         return resume_dir
 
     def _build_model(self, resume_dir: Path | None) -> None:
+        """Config, tokenizer and network (pretrained, or random init from a config), through the model family."""
         cfg = self.cfg
         source = str(resume_dir) if resume_dir else cfg.model
-        config, pretrained = load_config(source, cfg.trust_remote_code,
-                                         None if resume_dir else cfg.config_overrides)
-        pretrained = pretrained and (bool(resume_dir) or not cfg.from_scratch)
+        config, weights, path = read_config(source, cfg.trust_remote_code, FLAGS,
+                                            None if resume_dir else cfg.config_overrides)
+        pretrained = weights and (bool(resume_dir) or not cfg.from_scratch)
         tok_source = str(resume_dir) if resume_dir else (cfg.tokenizer or cfg.model)
         if not resume_dir and not cfg.tokenizer and not pretrained and os.path.isfile(os.path.expanduser(cfg.model)):
             raise TrainError(f"--model {cfg.model} is a config file; pass --tokenizer DIR as well")
-        self.tokenizer = load_tokenizer(tok_source, cfg.trust_remote_code)
+        self.tokenizer = load_tokenizer(tok_source, cfg.trust_remote_code, FLAGS)
         torch.manual_seed(mix_seed(cfg.seed, 0, 3))  # same random init on every process
-        self.model = load_model(source, config, pretrained, cfg.trust_remote_code, vocab_size=len(self.tokenizer))
+        family = adapter_for(config)
+        try:
+            if pretrained:
+                self.model = family.load_model(path, config, torch.float32, cfg.trust_remote_code)
+            else:
+                if getattr(config, "vocab_size", len(self.tokenizer)) < len(self.tokenizer):
+                    logger.warning("config vocab_size %s < tokenizer size %s: using %s", config.vocab_size,
+                                   len(self.tokenizer), len(self.tokenizer))
+                    config.vocab_size = len(self.tokenizer)
+                self.model = family.build_model(config, cfg.trust_remote_code)
+        except OSError as exc:
+            raise TrainError(f"cannot load the weights of {source}: {first_line(exc)}") from None
         if cfg.add_mask_token:
             add_mask_token(self.tokenizer, self.model)
-        self.mask_token_id = resolve_mask_token(self.tokenizer, self.model.config, cfg.mask_token_id, source)
-        self.forward_logits = logits_function(self.model, self.model.config)
-        self.vocab_size = model_vocab_size(self.model, self.tokenizer)
+        self.mask_token_id = resolve_mask_token(family, self.model.config, self.tokenizer, cfg.mask_token_id, source,
+                                                FLAGS)
+        self.forward_logits = family.forward_logits
+        self.vocab_size = max(output_vocab_size(self.model), len(self.tokenizer))
         pad = self.tokenizer.pad_token_id
         if pad is None:
-            pad = end_token_id(self.tokenizer)
+            pad = eos_token_id(self.tokenizer)
         self.pad_token_id = int(pad if pad is not None else self.mask_token_id)
 
     def _build_surprise(self, data: DataBundle, resume_dir: Path | None) -> SurpriseTable:
@@ -292,25 +295,17 @@ class Trainer:
         return table
 
     def _build_schedule(self, table: SurpriseTable) -> MaskingSchedule:
-        cfg = self.cfg
-        common = dict(t_min=cfg.t_min, t_max=cfg.t_max)
-        if cfg.masking in ("uniform",):
-            opts: dict[str, Any] = dict(eps=cfg.eps, **common)
-        elif cfg.masking == "surprise":
-            opts = dict(surprise=table, temperature=cfg.surprise_temperature, mask_first=cfg.surprise_mask_first,
-                        eps=cfg.eps, **common)
-        elif cfg.masking == "entropy":
-            opts = dict(temperature=cfg.entropy_temperature, mask_first=cfg.entropy_mask_first,
-                        probe_passes=cfg.entropy_probe_passes, eps=cfg.eps, **common)
-        else:  # llada and schedules registered by others take the t range only
-            opts = dict(common)
-        return build_masking(cfg.masking, self.mask_token_id, **opts)
+        """The chosen schedule with its options (`--masking-option`, the per-schedule flags, the noise range)."""
+        options, labels = masking_options(self.cfg)
+        cls = MASKINGS.get(self.cfg.masking)
+        resources = {"surprise": table} if cls.needs_surprise else {}
+        return cls(self.mask_token_id, labels=labels, **resources, **options)
 
     def _unmaskable_table(self) -> torch.Tensor:
         ids = special_token_ids(self.tokenizer, extra=[self.mask_token_id, self.pad_token_id])
         table = torch.zeros(self.vocab_size, dtype=torch.bool)
         table[torch.tensor(ids, dtype=torch.long)] = True
-        end = end_token_id(self.tokenizer)
+        end = eos_token_id(self.tokenizer)
         if self.cfg.mask_eos and end is not None:  # padding is excluded by the attention mask, even if pad == EOS
             table[end] = False
         return table
@@ -327,16 +322,16 @@ class Trainer:
         finally:
             model.train(was_training)
 
-    def _micro_batch(self, data: TokenData, rows: np.ndarray, noise: Noise, schedule: MaskingSchedule):
+    def _micro_batch(self, run: "Run", data: TokenData, rows: np.ndarray, noise: Noise, schedule: MaskingSchedule):
         ids, attn, plen = data.collate(rows, self.pad_token_id)
         ids, attn, plen = ids.to(self.device), attn.to(self.device), plen.to(self.device)
-        maskable = maskable_positions(ids, attn, self.unmaskable, plen)
+        maskable = maskable_positions(ids, attn, run.unmaskable, plen)
         logits_fn = self._probe if schedule.needs_model else None
         return schedule(ids, maskable, noise=noise.take(slice(None), ids.shape[1]).to(self.device),
                         attention_mask=attn, logits_fn=logits_fn), attn
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
-    def save_checkpoint(self, step: int, optimizer: torch.optim.Optimizer, scheduler: Any) -> Path:
+    def save_checkpoint(self, run: "Run", state: "RunState", step: int) -> Path:
         """Write checkpoint-<step> atomically (model, tokenizer, surprise table, optimizer/scheduler state)."""
         final = self.output / f"checkpoint-{step}"
         self.acc.wait_for_everyone()
@@ -347,19 +342,19 @@ class Trainer:
             model = self.acc.unwrap_model(self.model)
             model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
-            self.table.save(tmp)
+            run.table.save(tmp)
             self.cfg.save_yaml(tmp / CONFIG_FILE)
             state_dir = tmp / STATE_DIR
             state_dir.mkdir()
-            torch.save(optimizer.state_dict(), state_dir / "optimizer.pt")
-            torch.save(scheduler.state_dict(), state_dir / "scheduler.pt")
+            torch.save(run.optimizer.state_dict(), state_dir / "optimizer.pt")
+            torch.save(run.scheduler.state_dict(), state_dir / "scheduler.pt")
             examples = step * self.cfg.batch_size
-            state = {"step": step, "max_steps": self.max_steps, "examples_seen": examples,
-                     "epoch": examples // len(self.data.train), "position_in_epoch": examples % len(self.data.train),
-                     "tokens_seen": self.tokens_seen, "num_processes": self.world, "seed": self.cfg.seed,
-                     "batch_size": self.cfg.batch_size, "masking": self.cfg.masking,
-                     "eval_loss": self.last_eval, "time": time.time()}
-            (state_dir / "state.json").write_text(json.dumps(state, indent=2))  # written last: marks completeness
+            record = {"step": step, "max_steps": run.max_steps, "examples_seen": examples,
+                      "epoch": examples // run.n_train, "position_in_epoch": examples % run.n_train,
+                      "tokens_seen": state.tokens_seen, "num_processes": self.world, "seed": self.cfg.seed,
+                      "batch_size": self.cfg.batch_size, "masking": self.cfg.masking,
+                      "eval_loss": state.last_eval, "time": time.time()}
+            (state_dir / "state.json").write_text(json.dumps(record, indent=2))  # written last: marks completeness
             if final.exists():
                 old = self.output / f"checkpoint-{step}.old"
                 shutil.rmtree(old, ignore_errors=True)
@@ -370,6 +365,7 @@ class Trainer:
                 os.replace(tmp, final)
             self._prune_checkpoints()
         self.acc.wait_for_everyone()
+        state.last_saved = step
         return final
 
     def _prune_checkpoints(self) -> None:
@@ -389,29 +385,41 @@ class Trainer:
                     os.replace(tmp, self.output / f.name)
         self.acc.wait_for_everyone()
 
-    def _load_state(self, resume_dir: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
-        state_dir = resume_dir / STATE_DIR
-        state = json.loads((state_dir / "state.json").read_text())
-        optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", map_location="cpu", weights_only=True))
-        scheduler.load_state_dict(torch.load(state_dir / "scheduler.pt", map_location="cpu", weights_only=False))
-        self._check_same_recipe(resume_dir)
-        self.tokens_seen = int(state.get("tokens_seen", 0))
-        self.last_eval = state.get("eval_loss")
-        return int(state["step"])
+    def _load_state(self, run: "Run", state: "RunState") -> int:
+        """Restore optimizer, scheduler and progress from `run.resume_dir`; return the step to continue at."""
+        state_dir = run.resume_dir / STATE_DIR
+        saved = json.loads((state_dir / "state.json").read_text())
+        run.optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", map_location="cpu", weights_only=True))
+        run.scheduler.load_state_dict(torch.load(state_dir / "scheduler.pt", map_location="cpu",
+                                                 weights_only=False))
+        self._check_same_recipe(run.resume_dir)
+        state.tokens_seen = int(saved.get("tokens_seen", 0))
+        state.last_eval = saved.get("eval_loss")
+        return int(saved["step"])
 
     def _check_same_recipe(self, resume_dir: Path) -> None:
         import yaml
+
+        from emdm_core.errors import EMDMError
 
         path = resume_dir / CONFIG_FILE
         if not path.is_file():
             return
         old = yaml.safe_load(path.read_text()) or {}
-        keys = ("masking", "batch_size", "learning_rate", "seed", "max_length", "data", "surprise_temperature",
-                "surprise_mask_first", "lr_scheduler", "warmup_steps")
-        changed = [k for k in keys if k in old and old[k] != getattr(self.cfg, k)]
+        keys = ("masking", "batch_size", "learning_rate", "seed", "max_length", "data", "lr_scheduler",
+                "warmup_steps")
+        changed = [f"{k} {old[k]!r} -> {getattr(self.cfg, k)!r}" for k in keys
+                   if k in old and old[k] != getattr(self.cfg, k)]
+        try:
+            old_cfg = TrainConfig.from_dict(old, origin=str(path))
+            if old_cfg.masking == self.cfg.masking:
+                before, now = masking_options(old_cfg)[0], masking_options(self.cfg)[0]
+                if before != now:
+                    changed.append(f"masking options {before} -> {now}")
+        except EMDMError:
+            pass
         if changed:
-            self.log("warning: resuming with a changed recipe: " + ", ".join(
-                f"{k} {old[k]!r} -> {getattr(self.cfg, k)!r}" for k in changed))
+            self.log("warning: resuming with a changed recipe: " + ", ".join(changed))
 
     def _write_log(self, record: dict[str, Any]) -> None:
         self.history.append(record)
@@ -424,23 +432,24 @@ class Trainer:
 
     # -- evaluation -------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self) -> float | None:
-        """Held-out loss: the uniform-masking ELBO (nats per maskable token) with fixed noise, over all processes."""
-        val = self.data.val
+    def evaluate(self, run: "Run") -> tuple[float | None, float | None]:
+        """Held-out (loss, accuracy): the uniform-masking ELBO (nats per maskable token) with fixed noise, and the
+        accuracy on masked tokens, over all processes; (None, None) without held-out data."""
+        val = run.data.val
         if val is None:
-            return None
+            return None, None
         model = self.acc.unwrap_model(self.model)
         was_training = model.training
         model.eval()
         rows = np.arange(self.rank, len(val), self.world)
         totals = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss sum, maskable, correct, masked
-        for start in range(0, len(rows), self.micro):
-            chunk = rows[start:start + self.micro]
+        for start in range(0, len(rows), run.micro):
+            chunk = rows[start:start + run.micro]
             ids, attn, plen = val.collate(chunk, self.pad_token_id)
             ids, attn, plen = ids.to(self.device), attn.to(self.device), plen.to(self.device)
-            maskable = maskable_positions(ids, attn, self.unmaskable, plen)
-            noise = self.eval_noise.take(torch.from_numpy(chunk), ids.shape[1]).to(self.device)
-            mb = self.eval_schedule(ids, maskable, noise=noise, attention_mask=attn)
+            maskable = maskable_positions(ids, attn, run.unmaskable, plen)
+            noise = run.eval_noise.take(torch.from_numpy(chunk), ids.shape[1]).to(self.device)
+            mb = run.eval_schedule(ids, maskable, noise=noise, attention_mask=attn)
             with self.acc.autocast():
                 logits = self.forward_logits(model, mb.input_ids, attn)
             totals[0] += weighted_mlm_loss_sum(logits, mb.labels, mb.weights).double()
@@ -450,130 +459,199 @@ class Trainer:
             totals[3] += sel.sum()
         model.train(was_training)
         totals = self.acc.reduce(totals, reduction="sum")
-        self.last_eval_acc = float(totals[2] / totals[3].clamp(min=1))
-        return float(totals[0] / totals[1].clamp(min=1))
+        return float(totals[0] / totals[1].clamp(min=1)), float(totals[2] / totals[3].clamp(min=1))
+
+    def _evaluate_and_log(self, run: "Run", state: "RunState", step: int) -> None:
+        state.last_eval, state.last_eval_acc = self.evaluate(run)
+        self._write_log({"step": step, "eval_loss": state.last_eval, "eval_accuracy": state.last_eval_acc})
+        self.log(f"step {step} | eval_loss {state.last_eval:.4f} | eval_acc {state.last_eval_acc:.3f}")
 
     # -- run --------------------------------------------------------------------------------------------------------
-    def run(self) -> TrainResult:
-        """Train to `max_steps`, with evaluation, logging and checkpoints; return where the model is."""
+    def set_up(self) -> "Run":
+        """Output directory, model, data, surprise table, schedules, optimizer; resume state when asked."""
         cfg = self.cfg
         resume_dir = self._prepare_output()
-        self.micro, self.accum = batch_geometry(cfg, self.world)
+        micro, accum = batch_geometry(cfg, self.world)
         self._build_model(resume_dir)
-        self.data = prepare_data(cfg, self.tokenizer, self.model.config, progress=self.main and cfg.progress)
-        if self.data.train.tokens.size and int(self.data.train.tokens.max()) >= self.vocab_size:
-            raise TrainError(f"the tokenizer produces id {int(self.data.train.tokens.max())} but the model's "
+        data = prepare_data(cfg, self.tokenizer, self.model.config, progress=self.main and cfg.progress)
+        if data.train.tokens.size and int(data.train.tokens.max()) >= self.vocab_size:
+            raise TrainError(f"the tokenizer produces id {int(data.train.tokens.max())} but the model's "
                              f"vocabulary has {self.vocab_size} ids; pass the model's own --tokenizer")
-        self.table = self._build_surprise(self.data, resume_dir)
-        self.unmaskable = self._unmaskable_table().to(self.device)
-        self.schedule = self._build_schedule(self.table)
-        self.eval_schedule = UniformMasking(self.mask_token_id, eps=cfg.eps)
-        counts = self.data.train.maskable_counts(self._unmaskable_table().numpy())
-        lengths = self.data.train.lengths
+        table = self._build_surprise(data, resume_dir)
+        unmaskable = self._unmaskable_table()
+        counts = data.train.maskable_counts(unmaskable.numpy())
         if int(counts.sum()) == 0:
             raise TrainError("no token of the training data may be masked (all special or prompt); check the data "
                              "format and --response-field")
-        n_train = len(self.data.train)
-        self.max_steps = cfg.max_steps or max(1, math.ceil(cfg.num_epochs * n_train / cfg.batch_size))
-        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(0.05 * self.max_steps)
-        if self.data.val is not None:
+        schedule = self._build_schedule(table)
+        n_train = len(data.train)
+        max_steps = cfg.max_steps or max(1, math.ceil(cfg.num_epochs * n_train / cfg.batch_size))
+        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(0.05 * max_steps)
+        eval_noise = None
+        if data.val is not None:
             g = torch.Generator().manual_seed(mix_seed(cfg.seed, 99))
-            self.eval_noise = Noise.draw(len(self.data.val), self.data.max_length, generator=g, stratified=True)
-
+            eval_noise = Noise.draw(len(data.val), data.max_length, generator=g, stratified=True)
         optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.learning_rate,
                                       betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_lambda(s, warmup, self.max_steps, cfg.lr_scheduler, cfg.min_lr_ratio))
+            optimizer, lambda s: lr_lambda(s, warmup, max_steps, cfg.lr_scheduler, cfg.min_lr_ratio))
         # the scheduler stays outside `prepare` (accelerate would step it once per process)
         self.model, optimizer = self.acc.prepare(self.model, optimizer)
         self.model.train(cfg.dropout)
-        self.tokens_seen, self.last_eval, self.last_eval_acc = 0, None, None
-        start = self._load_state(resume_dir, optimizer, scheduler) if resume_dir else 0
+        return Run(resume_dir=resume_dir, micro=micro, accum=accum, data=data, table=table,
+                   unmaskable=unmaskable.to(self.device), schedule=schedule,
+                   eval_schedule=UniformMasking(self.mask_token_id, eps=cfg.eps), eval_noise=eval_noise,
+                   counts=counts, lengths=data.train.lengths, n_train=n_train, max_steps=max_steps,
+                   optimizer=optimizer, scheduler=scheduler, order=EpochOrder(n_train, cfg.seed))
+
+    def train_step(self, run: "Run", step: int) -> tuple[torch.Tensor, int]:
+        """One optimizer step on the global batch `step`: (its loss per maskable token, tokens it trained on)."""
+        cfg = self.cfg
+        rows = run.order.take(step * cfg.batch_size, cfg.batch_size)
+        n_norm = max(1, int(run.counts[rows].sum()))
+        gen = torch.Generator(device=self.device).manual_seed(mix_seed(cfg.seed, step, 1))
+        noise = Noise.draw(cfg.batch_size, run.data.max_length, generator=gen, device=self.device,
+                           stratified=cfg.stratified_t)
+        torch.manual_seed(mix_seed(cfg.seed, step, 2, self.rank))  # dropout: a function of the step
+        step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        for g in range(run.accum):
+            first = (g * self.world + self.rank) * run.micro
+            part = slice(first, first + run.micro)
+            mb, attn = self._micro_batch(run, run.data.train, rows[part], noise.take(part, run.data.max_length),
+                                         run.schedule)
+            sync = contextlib.nullcontext() if g == run.accum - 1 else self.acc.no_sync(self.model)
+            with sync:
+                with self.acc.autocast():
+                    logits = self.forward_logits(self.model, mb.input_ids, attn)
+                loss_sum = weighted_mlm_loss_sum(logits, mb.labels, mb.weights)
+                # DDP averages gradients over processes: scale so that the result is sum / n_norm
+                self.acc.backward(loss_sum * (self.world / n_norm))
+            step_loss += loss_sum.detach().double() / n_norm
+        if cfg.max_grad_norm > 0:
+            self.acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        return step_loss, int(run.lengths[rows].sum())
+
+    def log_eval_save(self, run: "Run", state: "RunState", done: int) -> None:
+        """After step `done`: the training log line, the held-out evaluation and the checkpoint when due."""
+        cfg = self.cfg
+        window = state.window
+        if done % cfg.log_every == 0 or done == run.max_steps:
+            total = float(self.acc.reduce(window.loss.clone(), reduction="sum"))
+            elapsed = max(time.perf_counter() - window.started, 1e-9)
+            rec = {"step": done, "loss": total / window.steps, "lr": run.scheduler.get_last_lr()[0],
+                   "tokens_per_s": window.tokens / elapsed, "epoch": done * cfg.batch_size / run.n_train}
+            self._write_log(rec)
+            self.log(f"step {done}/{run.max_steps} | loss {rec['loss']:.4f} | lr {rec['lr']:.2e} | "
+                     f"tok/s {rec['tokens_per_s']:,.0f} | epoch {rec['epoch']:.2f}")
+            state.bar.set_postfix(loss=f"{rec['loss']:.3f}")
+            window.reset()
+        if run.data.val is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or done == run.max_steps):
+            self._evaluate_and_log(run, state, done)
+            window.started = time.perf_counter()  # evaluation time is not training throughput
+        if (cfg.save_every and done % cfg.save_every == 0) or done == run.max_steps:
+            self.save_checkpoint(run, state, done)
+            window.started = time.perf_counter()
+
+    def run(self) -> TrainResult:
+        """Train to `max_steps`, with evaluation, logging and checkpoints; return where the model is."""
+        from tqdm.auto import tqdm
+
+        # === 1. set-up: model, data, schedules, optimizer; the state to resume from ===
+        cfg = self.cfg
+        run = self.set_up()
+        state = RunState(window=LogWindow(torch.zeros((), dtype=torch.float64, device=self.device)))
+        start = self._load_state(run, state) if run.resume_dir else 0
+        state.last_saved = start if run.resume_dir else -1
         if self.log_with:
             self.acc.init_trackers("emdm_train", config={k: v for k, v in cfg.to_dict().items()
                                                          if isinstance(v, (int, float, str, bool))})
         self.log(f"emdm_train: {type(self.acc.unwrap_model(self.model)).__name__} "
-                 f"({sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M params), {self.data.format} data: "
-                 f"{n_train} train rows / {0 if self.data.val is None else len(self.data.val)} held-out, "
-                 f"max_length {self.data.max_length}; masking {cfg.masking}; {self.max_steps} steps of "
-                 f"{cfg.batch_size} rows = {self.world} process(es) x {self.accum} accumulation x {self.micro}; "
+                 f"({sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M params), {run.data.format} data: "
+                 f"{run.n_train} train rows / {0 if run.data.val is None else len(run.data.val)} held-out, "
+                 f"max_length {run.data.max_length}; masking {cfg.masking}; {run.max_steps} steps of "
+                 f"{cfg.batch_size} rows = {self.world} process(es) x {run.accum} accumulation x {run.micro}; "
                  f"device {self.device}, precision {self.acc.mixed_precision}"
-                 + (f"; resuming at step {start} from {resume_dir}" if resume_dir else ""))
+                 + (f"; resuming at step {start} from {run.resume_dir}" if run.resume_dir else ""))
+        if start == 0 and run.data.val is not None:
+            self._evaluate_and_log(run, state, 0)
 
-        if start == 0 and self.data.val is not None:
-            self.last_eval = self.evaluate()
-            self._write_log({"step": 0, "eval_loss": self.last_eval, "eval_accuracy": self.last_eval_acc})
-            self.log(f"step 0 | eval_loss {self.last_eval:.4f} | eval_acc {self.last_eval_acc:.3f}")
+        state.bar = tqdm(total=run.max_steps, initial=start, desc="training", unit="step", dynamic_ncols=True,
+                         disable=not (self.main and cfg.progress))
+        state.window.reset()
+        for step in range(start, run.max_steps):
+            # === 2. train step ===
+            loss, tokens = self.train_step(run, step)
+            state.tokens_seen += tokens
+            state.window.add(loss, tokens)
+            state.bar.update(1)
+            # === 3. log, evaluate, save ===
+            self.log_eval_save(run, state, step + 1)
+        state.bar.close()
 
-        order = EpochOrder(n_train, cfg.seed)
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=self.max_steps, initial=start, desc="training", unit="step", dynamic_ncols=True,
-                   disable=not (self.main and cfg.progress))
-        window_loss = torch.zeros((), dtype=torch.float64, device=self.device)
-        window_steps, window_tokens, window_t0 = 0, 0, time.perf_counter()
-        last_saved = start if resume_dir else -1
-        for step in range(start, self.max_steps):
-            rows = order.take(step * cfg.batch_size, cfg.batch_size)
-            n_norm = max(1, int(counts[rows].sum()))
-            step_tokens = int(lengths[rows].sum())
-            gen = torch.Generator(device=self.device).manual_seed(mix_seed(cfg.seed, step, 1))
-            noise = Noise.draw(cfg.batch_size, self.data.max_length, generator=gen, device=self.device,
-                               stratified=cfg.stratified_t)
-            torch.manual_seed(mix_seed(cfg.seed, step, 2, self.rank))  # dropout: a function of the step
-            for g in range(self.accum):
-                first = (g * self.world + self.rank) * self.micro
-                sl = slice(first, first + self.micro)
-                mb, attn = self._micro_batch(self.data.train, rows[sl], noise.take(sl, self.data.max_length),
-                                             self.schedule)
-                sync = contextlib.nullcontext() if g == self.accum - 1 else self.acc.no_sync(self.model)
-                with sync:
-                    with self.acc.autocast():
-                        logits = self.forward_logits(self.model, mb.input_ids, attn)
-                    loss_sum = weighted_mlm_loss_sum(logits, mb.labels, mb.weights)
-                    # DDP averages gradients over processes: scale so that the result is sum / n_norm
-                    self.acc.backward(loss_sum * (self.world / n_norm))
-                window_loss += loss_sum.detach().double() / n_norm
-            if cfg.max_grad_norm > 0:
-                self.acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            self.tokens_seen += step_tokens
-            window_steps += 1
-            window_tokens += step_tokens
-            done = step + 1
-            bar.update(1)
-
-            if done % cfg.log_every == 0 or done == self.max_steps:
-                total = float(self.acc.reduce(window_loss.clone(), reduction="sum"))
-                elapsed = max(time.perf_counter() - window_t0, 1e-9)
-                rec = {"step": done, "loss": total / window_steps, "lr": scheduler.get_last_lr()[0],
-                       "tokens_per_s": window_tokens / elapsed, "epoch": done * cfg.batch_size / n_train}
-                self._write_log(rec)
-                self.log(f"step {done}/{self.max_steps} | loss {rec['loss']:.4f} | lr {rec['lr']:.2e} | "
-                         f"tok/s {rec['tokens_per_s']:,.0f} | epoch {rec['epoch']:.2f}")
-                bar.set_postfix(loss=f"{rec['loss']:.3f}")
-                window_loss.zero_()
-                window_steps, window_tokens, window_t0 = 0, 0, time.perf_counter()
-            if self.data.val is not None and ((cfg.eval_every and done % cfg.eval_every == 0)
-                                              or done == self.max_steps):
-                self.last_eval = self.evaluate()
-                self._write_log({"step": done, "eval_loss": self.last_eval, "eval_accuracy": self.last_eval_acc})
-                self.log(f"step {done} | eval_loss {self.last_eval:.4f} | eval_acc {self.last_eval_acc:.3f}")
-                window_t0 = time.perf_counter()  # evaluation time is not training throughput
-            if (cfg.save_every and done % cfg.save_every == 0) or done == self.max_steps:
-                self.save_checkpoint(done, optimizer, scheduler)
-                last_saved = done
-                window_t0 = time.perf_counter()
-        bar.close()
-        final_step = max(start, self.max_steps)
-        if last_saved != final_step:
-            self.save_checkpoint(final_step, optimizer, scheduler)
+        # === 4. the final model at the top of the output directory ===
+        final_step = max(start, run.max_steps)
+        if state.last_saved != final_step:
+            self.save_checkpoint(run, state, final_step)
         self.export_final(self.output / f"checkpoint-{final_step}")
         self.log(f"done: step {final_step}; model saved to {self.output} (load it with pretrained={self.output})")
         self.acc.end_training()
-        return TrainResult(self.output, final_step, self.last_eval, self.history)
+        return TrainResult(self.output, final_step, state.last_eval, self.history)
+
+
+@dataclass
+class Run:
+    """Everything `Trainer.set_up` builds for one run (fixed while it trains)."""
+
+    resume_dir: Path | None
+    micro: int  # sequences per forward pass on one device
+    accum: int  # accumulation steps per optimizer step
+    data: DataBundle
+    table: SurpriseTable
+    unmaskable: torch.Tensor  # [V] bool: ids never masked
+    schedule: MaskingSchedule
+    eval_schedule: MaskingSchedule
+    eval_noise: Noise | None  # fixed noise of the held-out evaluation
+    counts: np.ndarray  # maskable tokens per training row (the loss normaliser)
+    lengths: np.ndarray  # tokens per training row
+    n_train: int
+    max_steps: int
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    order: EpochOrder
+
+
+@dataclass
+class LogWindow:
+    """Loss, steps and tokens since the last log line (for the logged mean loss and tokens/s)."""
+
+    loss: torch.Tensor
+    steps: int = 0
+    tokens: int = 0
+    started: float = 0.0
+
+    def add(self, loss: torch.Tensor, tokens: int) -> None:
+        self.loss += loss
+        self.steps += 1
+        self.tokens += tokens
+
+    def reset(self) -> None:
+        self.loss.zero_()
+        self.steps, self.tokens, self.started = 0, 0, time.perf_counter()
+
+
+@dataclass
+class RunState:
+    """What changes while a run trains: progress counters, the last evaluation, the last checkpoint."""
+
+    window: LogWindow
+    tokens_seen: int = 0
+    last_eval: float | None = None
+    last_eval_acc: float | None = None
+    last_saved: int = -1
+    bar: Any = None
 
 
 def train(cfg: TrainConfig) -> TrainResult:

@@ -11,8 +11,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from emdm_sampling.adapters import Denoiser  # noqa: E402
-from emdm_sampling.tiny import build_tiny_checkpoint  # noqa: E402
+from emdm_models.denoiser import Denoiser  # noqa: E402
+from emdm_models.tiny import build_tiny_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and the CPU is shared (use with `pytest.mark.usefixtures`)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

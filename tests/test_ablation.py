@@ -24,7 +24,7 @@ EXPECTED = {("vanilla", "2", ""), ("vanilla", "4", ""), ("vanilla", "4", "thresh
 
 @pytest.fixture(scope="module")
 def sudoku_ckpt(tmp_path_factory) -> str:
-    from emdm_sampling.architectures import save_sudoku_model_dir
+    from emdm_models.architectures import save_sudoku_model_dir
 
     path = tmp_path_factory.mktemp("abl") / "tiny-sudoku"
     return str(save_sudoku_model_dir(path, "cpu", num_hidden_layers=1, hidden_size=32, num_attention_heads=2,

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from emdm_sampling import CheckpointError, ConfigError, load_denoiser
-from emdm_sampling.adapters import DreamDenoiser, LLaDADenoiser, MaskedLMDenoiser
-from emdm_sampling.tiny import build_tiny_checkpoint, train_tokenizer
+from emdm_models.families.masked_lm import MaskedLMDenoiser
+from emdm_models.families.remote import DreamDenoiser, LLaDADenoiser
+from emdm_models.tiny import build_tiny_checkpoint, train_tokenizer
 
 
 @pytest.mark.parametrize("family, cls", [("bert", MaskedLMDenoiser), ("modernbert", MaskedLMDenoiser),
@@ -110,7 +111,7 @@ def test_prompt_longer_than_the_model_says_what_to_do(tmp_path):
 
 
 def test_unknown_embedded_checkpoint_lists_the_embedded_ones():
-    from emdm_sampling.adapters import available_embedded
+    from emdm_models.loading import available_embedded
 
     with pytest.raises(CheckpointError, match="no embedded checkpoint 'nope'; embedded checkpoints: "):
         load_denoiser("emdm:nope")

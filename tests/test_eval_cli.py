@@ -37,7 +37,7 @@ METRICS = {"emdm_demo_gen": ["exact_match,none"], "emdm_demo_mc": ["acc,none", "
 def _source_copy(dest: Path) -> Path:
     """The project's files a build needs (building from a copy keeps build/ and *.egg-info out of the tree)."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for name in ("emdm_sampling", "emdm_eval", "emdm_train", "tasks"):
+    for name in ("emdm_core", "emdm_models", "emdm_sampling", "emdm_eval", "emdm_train", "tasks"):
         shutil.copytree(ROOT / name, dest / name, ignore=ignore)
     for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE", "MANIFEST.in"):
         if (ROOT / name).exists():
@@ -164,7 +164,7 @@ def test_builtin_models_still_resolve_and_hf_runs(installs, tmp_path):
     # a real `--model hf` run in the same environment, on a tiny causal LM
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from emdm_sampling.tiny import train_tokenizer
+    from emdm_models.tiny import train_tokenizer
 
     tok = train_tokenizer()
     gpt = tmp_path / "gpt2"

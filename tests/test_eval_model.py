@@ -9,25 +9,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from emdm_sampling.adapters import Denoiser
-from emdm_sampling.errors import CheckpointError, ConfigError, EMDMError, InputTooLongError
+from emdm_models.denoiser import Denoiser
+from emdm_core.errors import CheckpointError, ConfigError, EMDMError, InputTooLongError
 
 lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 
-from emdm_eval.likelihood import draw_masks, elbo_loglikelihood, stable_seed, stratified_mask_counts  # noqa: E402
+from emdm_core.seeds import stable_seed  # noqa: E402
+from emdm_eval.likelihood import draw_masks, elbo_loglikelihood, stratified_mask_counts  # noqa: E402
 from emdm_eval.model import EMDMLM  # noqa: E402
 
 TASKS = Path(__file__).resolve().parents[1] / "tasks" / "demo"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids oversubscription stalls."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +239,7 @@ def test_loglikelihood_ranks_the_right_answer_first(tmp_path):
     """Fine-tune a tiny BERT on the demo questions' right answers: the ELBO must rank them first, 10 of 10."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from emdm_sampling.tiny import build_tiny_checkpoint
+    from emdm_models.tiny import build_tiny_checkpoint
 
     path = build_tiny_checkpoint(tmp_path / "ft", "bert")
     tok, model = AutoTokenizer.from_pretrained(path), AutoModelForMaskedLM.from_pretrained(path)

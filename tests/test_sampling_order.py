@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from emdm_sampling import ConfigError, Strategy, available_samplers, generate, get_sampler, register_sampler
+from emdm_sampling.strategies import SAMPLERS
 
 # Probabilities over tokens 0..5 at generated positions 1..4 (position 0 holds the prompt token).
 #            top_prob  margin  entropy
@@ -159,9 +160,13 @@ def test_third_party_strategy_registers_without_editing_the_library(fake_denoise
         def score(self, ctx):
             return torch.arange(ctx.x.shape[1], dtype=torch.float).expand_as(ctx.p_x0)
 
-    assert "right_to_left_test" in available_samplers()
-    order, _ = _order(fake_denoiser, "right_to_left_test")
-    assert order == [4, 3, 2, 1]
+    try:
+        assert "right_to_left_test" in available_samplers()
+        order, _ = _order(fake_denoiser, "right_to_left_test")
+        assert order == [4, 3, 2, 1]
+    finally:
+        SAMPLERS.unregister("right_to_left_test")
+    assert "right_to_left_test" not in available_samplers()
 
 
 def test_each_step_sees_the_tokens_revealed_so_far(fake_denoiser):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from emdm_sampling import generate, load_denoiser
-from emdm_sampling.adapters import available_embedded
+from emdm_models.loading import available_embedded
 
 TASK_UTILS = Path(__file__).resolve().parents[1] / "tasks" / "sudoku" / "utils.py"
 

@@ -7,8 +7,8 @@ import importlib
 import pytest
 import torch
 
-import emdm_sampling.architectures as arch
-from emdm_sampling.architectures.sudoku import MASK_ID, NEG, SEP_ID, ZERO_ID
+import emdm_models.architectures as arch
+from emdm_models.architectures.sudoku import MASK_ID, NEG, SEP_ID, ZERO_ID
 
 PUZZLE = "530070000600195000098000060800060003400803001700020006060000280000419005000080079"
 SOLUTION = "534678912672195348198342567859761423426853791713924856961537284287419635345286179"
@@ -159,7 +159,7 @@ def test_peer_attention_sees_only_row_column_and_box(tmp_path):
 
 
 def test_peer_attention_checkpoint_round_trip(tmp_path):
-    from emdm_sampling.architectures.sudoku import main
+    from emdm_models.architectures.sudoku import main
 
     main([str(tmp_path / "p"), "--layers", "1", "--peer-attention"])
     config = arch.SudokuConfig.from_pretrained(tmp_path / "p")
@@ -221,7 +221,7 @@ def test_every_parameter_gets_a_gradient(layout, loaded):
 
 
 def test_cli_writes_an_init_dir(tmp_path, capsys):
-    from emdm_sampling.architectures.sudoku import main
+    from emdm_models.architectures.sudoku import main
 
     main([str(tmp_path / "m"), "--size", "cpu", "--layers", "2", "--hidden", "64", "--heads", "2"])
     assert "parameters" in capsys.readouterr().out
@@ -291,7 +291,7 @@ def test_configs_without_grid_size_load_as_9x9(tmp_path):
 
 
 def test_cli_grid_size_4(tmp_path, capsys):
-    from emdm_sampling.architectures.sudoku import main
+    from emdm_models.architectures.sudoku import main
 
     main([str(tmp_path / "m4"), "--grid-size", "4", "--layers", "1"])
     cfg = arch.SudokuConfig.from_pretrained(tmp_path / "m4")

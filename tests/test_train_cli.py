@@ -21,17 +21,12 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM
        "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from emdm_sampling.tiny import DEMO_CORPUS, build_tiny_checkpoint
+    from emdm_models.tiny import DEMO_CORPUS, build_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("cli")
     (root / "corpus.txt").write_text("\n".join(DEMO_CORPUS * 8))
@@ -189,7 +184,7 @@ def test_non_positive_temperature(tiny, tmp_path, capsys, value):
 def test_model_without_mask_token(tiny, tmp_path, capsys):
     from transformers import BertConfig, BertForMaskedLM
 
-    from emdm_sampling.tiny import train_tokenizer
+    from emdm_models.tiny import train_tokenizer
 
     tok = train_tokenizer(with_mask=False)
     path = tmp_path / "nomask"

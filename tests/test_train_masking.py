@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emdm_sampling.errors import EMDMError
+from emdm_core.errors import EMDMError
 from emdm_train.masking import (MaskingCollator, Noise, available_maskings, build_masking, maskable_positions,
                                 weighted_mlm_loss_sum)
 
@@ -219,3 +219,79 @@ def test_collator_pads_and_never_masks_the_prompt():
     loss = weighted_mlm_loss_sum(logits, batch["labels"], batch["loss_weights"])
     loss.backward()
     assert torch.isclose(loss, (batch["loss_weights"][masked] * torch.log(torch.tensor(float(V)))).sum())
+
+
+# --- options are pluggable: declared by the schedule, passed through by the trainer ---------------------------
+
+def _trainer_schedule(**cfg_kwargs):
+    """The schedule the trainer builds from a recipe (its real `_build_schedule`, no data needed)."""
+    from emdm_core.surprise import SurpriseTable
+    from emdm_train.config import TrainConfig
+    from emdm_train.trainer import Trainer
+
+    cfg = TrainConfig(model="m", data="d", output="/tmp/emdm-unused", max_steps=1, report_to="none", **cfg_kwargs)
+    trainer = Trainer(cfg)
+    trainer.mask_token_id = MASK
+    return trainer._build_schedule(SurpriseTable(torch.arange(V) + 1, special_ids=SPECIALS))
+
+
+@pytest.mark.parametrize("masking, given, expected", [
+    ("uniform", {"eps": 0.02}, {"t_min": 0.02}),
+    ("uniform", {"t_min": 0.2, "t_max": 0.7}, {"t_min": 0.2, "t_max": 0.7}),
+    ("llada", {"t_min": 0.3}, {"t_min": 0.3, "t_max": 0.99}),
+    ("surprise", {"surprise_temperature": 0.25}, {"temperature": 0.25, "direction": "low_first", "sign": 1.0}),
+    ("surprise", {"surprise_mask_first": "low"}, {"direction": "high_first", "sign": -1.0}),
+    ("surprise", {"surprise_mask_first": "high"}, {"direction": "low_first", "sign": 1.0}),
+    ("surprise", {"surprise_direction": "high_first"}, {"direction": "high_first", "sign": -1.0}),
+    ("surprise", {"masking_options": {"temperature": "3", "direction": "high_first"}},
+     {"temperature": 3.0, "direction": "high_first"}),
+    ("surprise", {"surprise_temperature": 0.5, "masking_options": {"temperature": 2.0}}, {"temperature": 2.0}),
+    ("entropy", {"entropy_temperature": 0.5, "entropy_probe_passes": 2},
+     {"temperature": 0.5, "probe_passes": 2, "direction": "high_first", "sign": -1.0}),
+    ("entropy", {"entropy_mask_first": "high"}, {"direction": "low_first", "sign": 1.0}),
+    ("entropy", {"masking_options": {"probe_passes": 3, "eps": 0.05}}, {"probe_passes": 3, "t_min": 0.05}),
+])
+def test_every_option_reaches_the_schedule(masking, given, expected):
+    sched = _trainer_schedule(masking=masking, **given)
+    assert sched.name == masking
+    for attr, value in expected.items():
+        assert getattr(sched, attr) == value, attr
+
+
+def test_options_of_other_schedules_are_checked_and_unknown_ones_refused():
+    from emdm_train.config import TrainConfig
+
+    base = dict(model="m", data="d", output="o", max_steps=1)
+    with pytest.raises(EMDMError, match=r"^--entropy-temperature must be >= 0"):
+        TrainConfig(**base, masking="uniform", entropy_temperature=-1).validate()
+    with pytest.raises(EMDMError, match=r"unknown option '--masking-option temperature' for masking 'uniform'"):
+        TrainConfig(**base, masking="uniform", masking_options={"temperature": 1}).validate()
+    with pytest.raises(EMDMError, match=r"--masking-option direction must be high_first or low_first"):
+        TrainConfig(**base, masking="surprise", masking_options={"direction": "up"}).validate()
+
+
+def test_a_registered_schedule_gets_its_declared_options_from_the_command_line():
+    from emdm_train.config import parse_args
+    from emdm_train.masking import MASKINGS, RANGE_OPTIONS, MaskingSchedule, Opt, register_masking
+
+    @register_masking("every_other_test")
+    class EveryOther(MaskingSchedule):
+        options = {**RANGE_OPTIONS, "phase": Opt(0, int, lambda v: None if v in (0, 1) else "must be 0 or 1")}
+
+        def select(self, input_ids, maskable, t, noise, attention_mask, logits_fn):
+            pos = torch.arange(input_ids.shape[1])
+            return (pos % 2 == self.opt["phase"]).expand_as(maskable), torch.full_like(t, 2.0)
+
+    try:
+        cfg = parse_args(["--model", "m", "--data", "d", "--output", "o", "--max-steps", "1", "--masking",
+                          "every_other_test", "--masking-option", "phase=1", "--t-max", "0.5"])
+        sched = _trainer_schedule(masking=cfg.masking, masking_options=cfg.masking_options, t_max=cfg.t_max)
+        assert sched.opt["phase"] == 1 and sched.t_max == 0.5
+        ids, attn, prompt, maskable = _batch()
+        out = sched(ids, maskable, generator=torch.Generator().manual_seed(0), attention_mask=attn)
+        assert not out.mask[:, 0::2].any() and torch.equal(out.mask[:, 1::2], maskable[:, 1::2])
+        with pytest.raises(EMDMError, match=r"--masking-option phase must be 0 or 1 \(got 2\)"):
+            parse_args(["--model", "m", "--data", "d", "--output", "o", "--max-steps", "1", "--masking",
+                        "every_other_test", "--masking-option", "phase=2"])
+    finally:
+        MASKINGS.unregister("every_other_test")

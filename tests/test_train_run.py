@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from emdm_sampling.surprise import SurpriseTable
+from emdm_core.surprise import SurpriseTable
 from emdm_train.config import TrainConfig, build_parser, load_recipe, parse_args
 from emdm_train.trainer import train
 
@@ -34,18 +34,12 @@ def grammar_corpus(n: int, seed: int = 0) -> list[str]:
     return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from emdm_sampling.tiny import build_tiny_checkpoint
+    from emdm_models.tiny import build_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("train")
     lines = grammar_corpus(1200)
@@ -126,9 +120,9 @@ def test_surprise_table_round_trips_through_the_checkpoint(trained, setup):
 def test_output_loads_in_emdm_sampling(trained):
     try:
         from emdm_sampling import generate
-        from emdm_sampling.adapters import load_denoiser
+        from emdm_models.loading import load_denoiser
     except ImportError as exc:  # pragma: no cover - the sampling core is written in parallel
-        pytest.skip(f"emdm_sampling.adapters.load_denoiser not available yet: {exc}")
+        pytest.skip(f"emdm_models.loading.load_denoiser not available yet: {exc}")
     out, _ = trained
     den = load_denoiser(str(out))
     assert den.surprise is not None and den.surprise.shape[0] == den.vocab_size
@@ -213,8 +207,8 @@ def test_config_only_directory_trains_from_random_init_with_a_separate_tokenizer
 @pytest.mark.parametrize("family", ["modernbert", "llada", "dream"])
 def test_other_families_train_and_reload(tmp_path, family):
     """Not only BERT: ModernBERT, and LLaDA/Dream-style remote-code checkpoints (aligned logits)."""
-    from emdm_sampling.adapters import load_denoiser
-    from emdm_sampling.tiny import DEMO_CORPUS, build_tiny_checkpoint
+    from emdm_models.loading import load_denoiser
+    from emdm_models.tiny import DEMO_CORPUS, build_tiny_checkpoint
 
     model = build_tiny_checkpoint(tmp_path / family, family)
     (tmp_path / "c.txt").write_text("\n".join(DEMO_CORPUS * 4))
@@ -227,7 +221,7 @@ def test_other_families_train_and_reload(tmp_path, family):
 
 
 def test_recipes_parse_and_the_command_line_overrides_them(setup, tmp_path):
-    recipes = sorted((ROOT / "emdm_train" / "recipes").glob("*.yaml"))
+    recipes = sorted([*(ROOT / "emdm_train" / "recipes").glob("*.yaml"), *ROOT.glob("studies/*/recipes/*.yaml")])
     assert {p.stem for p in recipes} >= {"tiny-cpu", "surprise", "llada-bert", "ens", "sudoku"}
     for path in recipes:
         TrainConfig.from_dict(load_recipe(path), origin=str(path))

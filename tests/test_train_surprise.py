@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from emdm_sampling.errors import EMDMError
-from emdm_sampling.surprise import FILENAME, SurpriseTable, special_token_ids
+from emdm_core.errors import EMDMError
+from emdm_core.surprise import FILENAME, SurpriseTable, special_token_ids
 
 
 def _naive_surprise(counts: Counter, vocab: int, specials: set[int]) -> list[float]:
@@ -80,7 +80,7 @@ def test_corrupt_file_is_a_one_line_error(tmp_path):
 
 
 def test_from_dataset_streams_local_files_and_matches_naive(tmp_path):
-    from emdm_sampling.tiny import DEMO_CORPUS, train_tokenizer
+    from emdm_models.tiny import DEMO_CORPUS, train_tokenizer
 
     tok = train_tokenizer()
     texts = DEMO_CORPUS * 3

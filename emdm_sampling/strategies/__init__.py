@@ -14,7 +14,8 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from ..errors import ConfigError
+from emdm_core.registry import Registry
+
 from ..rng import CounterRNG
 
 
@@ -144,34 +145,22 @@ class Strategy:
         return StepResult(reveal=ctx.select(self.score(ctx)))
 
 
-_SAMPLERS: dict[str, type[Strategy]] = {}
+SAMPLERS: Registry[type[Strategy]] = Registry("sampler", base=Strategy)
 
 
 def register_sampler(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
     """Class decorator: register a `Strategy` subclass under `name` (usable as `sampler=name` everywhere)."""
-
-    def deco(cls: type[Strategy]) -> type[Strategy]:
-        if not (isinstance(cls, type) and issubclass(cls, Strategy)):
-            raise TypeError("register_sampler decorates subclasses of emdm_sampling.Strategy")
-        cls.name = name
-        _SAMPLERS[name] = cls
-        return cls
-
-    return deco
+    return SAMPLERS.register(name)
 
 
 def available_samplers() -> list[str]:
     """Names of the registered strategies, built-in and third-party."""
-    return sorted(_SAMPLERS)
+    return SAMPLERS.available()
 
 
 def get_sampler(name: str) -> type[Strategy]:
     """The strategy class registered as `name`; unknown names list the registered ones."""
-    try:
-        return _SAMPLERS[name]
-    except KeyError:
-        raise ConfigError(f"unknown sampler {name!r}; registered samplers: {', '.join(available_samplers())}") \
-            from None
+    return SAMPLERS.get(name)
 
 
 from . import ordering, remasking  # noqa: E402,F401  (register the built-in strategies)

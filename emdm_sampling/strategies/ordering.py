@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
+from emdm_core.errors import ConfigError
 from . import StepContext, Strategy, register_sampler
 
 _STREAM_ORDER = 1  # rng stream for random orders (stream 0 samples proposals)

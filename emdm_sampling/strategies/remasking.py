@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
+from emdm_core.errors import ConfigError
 from . import StepContext, StepResult, Strategy, register_sampler
 
 _STREAM_REMASK = 3

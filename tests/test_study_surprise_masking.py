@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from emdm_train import corpora
+from studies.surprise_masking import corpora
 from emdm_train.errors import DataError
-from emdm_train.experiments import surprise_masking as sm
+from studies.surprise_masking import experiment as sm
 
 NOUNS = {"cat": "sleeps", "dog": "runs", "bird": "sings", "king": "speaks", "queen": "weeps", "fool": "laughs"}
 ADJS = ["old", "young", "noble", "gentle", "proud", "poor"]
@@ -119,7 +119,7 @@ def tiny_reference_lm(tmp_path_factory, text_dir) -> str:
     """A tiny random causal LM with its own tokenizer, standing in for SmolLM2 offline."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from emdm_sampling.tiny import train_tokenizer
+    from emdm_models.tiny import train_tokenizer
 
     root = tmp_path_factory.mktemp("ref")
     tok = train_tokenizer([_doc(i) for i in range(4)], vocab_size=200)

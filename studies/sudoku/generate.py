@@ -8,7 +8,7 @@
   - ``hard``: those strategies stall; the puzzle needs search (its uniqueness is checked by `count_solutions`).
 * `augment(puzzles, solutions, rng)`: random symmetric variants (digit relabelling, band/stack and row/column
   permutations, transposition): the same puzzle for a solver, so the same difficulty and one solution.
-* CLI: ``python -m emdm_train.data.sudoku --n 100000 --out train.jsonl --seed 1 --difficulty easy,medium``;
+* CLI: ``python -m studies.sudoku.generate --n 100000 --out train.jsonl --seed 1 --difficulty easy,medium``;
   ``--augment K`` writes each puzzle with K-1 variants; ``--from FILE`` augments puzzles already generated.
 
 Clue removal keeps a clue only while the puzzle stays solvable: for easy/medium puzzles by the strategy solver
@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from emdm_core.errors import ConfigError
 
 DIFFICULTIES = ("easy", "medium", "hard")
 SIZES = (4, 9)  # grid side: 4x4 with 2x2 boxes, 9x9 with 3x3 boxes
@@ -557,9 +559,15 @@ def _read_records(paths: Iterable[str | Path]) -> list[dict]:
     return [record(r["puzzle"], r["solution"], r.get("difficulty") or next(labels)) for r in raw]
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: write n generated puzzles as JSONL and report the speed on stderr."""
-    ap = argparse.ArgumentParser(prog="python -m emdm_train.data.sudoku", description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: write n generated puzzles as JSONL and report the speed on stderr (one-line errors, exit status 2)."""
+    from emdm_core.cli import run_cli
+
+    return run_cli(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m studies.sudoku.generate", description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, help="number of puzzles to generate (with --from: the first n; default all)")
     ap.add_argument("--out", required=True, help="output JSONL path ('-' for stdout)")
     ap.add_argument("--seed", type=int, default=0)
@@ -596,12 +604,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         finally:
             if out is not sys.stdout:
                 out.close()
-    except (ValueError, OSError) as err:
-        sys.exit(f"error: {err}")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     secs = time.time() - start
     print(f"wrote {sum(count.values())} puzzles {count} in {secs:.1f}s "
           f"({sum(count.values()) / max(secs, 1e-9):.1f} puzzles/s)", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

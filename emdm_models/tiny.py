@@ -27,28 +27,15 @@ DEMO_CORPUS = [
     "one two three four five six seven eight nine ten .",
 ]
 
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[EOS]"]
 FAMILIES = ("bert", "modernbert", "llada", "dream")
 
 
 def train_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 256, with_mask: bool = True):
-    """Train a small WordPiece tokenizer and wrap it as a `PreTrainedTokenizerFast`."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """The demo WordPiece tokenizer (trained on `corpus`, default `DEMO_CORPUS`), with or without a [MASK]."""
+    from .tokenizers import WORDPIECE_SPECIALS, train_tokenizer as train
 
-    texts = list(corpus or DEMO_CORPUS)
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    specials = SPECIAL_TOKENS if with_mask else [t for t in SPECIAL_TOKENS if t != "[MASK]"]
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
-    from tokenizers import decoders
-
-    tok.decoder = decoders.WordPiece()
-    kwargs = dict(pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", eos_token="[EOS]")
-    if with_mask:
-        kwargs["mask_token"] = "[MASK]"
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs)
+    specials = {k: v for k, v in WORDPIECE_SPECIALS.items() if with_mask or k != "mask_token"}
+    return train(list(corpus or DEMO_CORPUS), vocab_size=vocab_size, kind="wordpiece", specials=specials)
 
 
 def build_tiny_checkpoint(

@@ -42,7 +42,7 @@ def two_proportion_z(hits_a: int, hits_b: int, n: int) -> float:
 
 def split_puzzles(seed: int = 0) -> tuple[list[dict], list[dict]]:
     """(train, test) 4x4 puzzles with disjoint solution grids (every 4th grid in sorted order is a test grid)."""
-    from emdm_train.data import sudoku as S
+    from studies.sudoku import generate as S
 
     pool = list(S.generate(2 * N_TRAIN, seed=seed, difficulties="easy,hard", size=4, chunk=2 * N_TRAIN))
     grids = sorted({r["solution"] for r in pool})
@@ -62,7 +62,7 @@ def test_puzzle_split_keeps_test_puzzles_and_grids_out_of_training():
 
 @pytest.mark.slow
 def test_margin_beats_vanilla_on_held_out_4x4_puzzles(tmp_path):
-    import emdm_sampling.architectures as arch
+    import emdm_models.architectures as arch
     from emdm_sampling import generate, load_denoiser
 
     train, test = split_puzzles()

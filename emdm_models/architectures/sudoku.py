@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     """CLI: write a randomly initialised Sudoku model directory (for `emdm_train --model DIR --from-scratch`)."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m emdm_sampling.architectures", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m emdm_models.architectures", description=main.__doc__)
     ap.add_argument("out", help="directory to write (config.json, model.safetensors, tokenizer)")
     ap.add_argument("--size", default="cpu", choices=sorted(SIZES))
     ap.add_argument("--layout", default="fused", choices=["fused", "full"])

@@ -1,9 +1,9 @@
 """Sudoku benchmark: per sampler, solve rate, forward passes per puzzle and puzzles/s, with the step schedule and with
 confidence-threshold (parallel) decoding.
 
-    python benchmarks/bench_sudoku.py                # the embedded emdm:sudoku, test_easy, CPU
-    python benchmarks/bench_sudoku.py --pretrained DIR --n 500 --batch-size 128 --device cuda
-    python benchmarks/bench_sudoku.py --pretrained DIR --steps 27 50 81 --thresholds 0.9 0.7 0.5
+    python -m studies.sudoku.bench                # the embedded emdm:sudoku, test_easy, CPU
+    python -m studies.sudoku.bench --pretrained DIR --n 500 --batch-size 128 --device cuda
+    python -m studies.sudoku.bench --pretrained DIR --steps 27 50 81 --thresholds 0.9 0.7 0.5
 
 Uses emdm_sampling directly (load_denoiser + generate) and the task's own scoring (tasks/sudoku/utils.py): a puzzle
 counts as solved when the 81 generated digits are a valid grid that keeps every clue. The prompt is the puzzle plus
@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from emdm_sampling import SamplerConfig, generate, load_denoiser  # noqa: E402
-from emdm_sampling.errors import CheckpointError, EMDMError  # noqa: E402
+from emdm_core.errors import CheckpointError  # noqa: E402
 
 DEFAULT_DATA = ROOT / "tasks" / "sudoku" / "data" / "test_easy.jsonl"
 
@@ -45,7 +45,7 @@ def load_task_utils():
 
 def default_checkpoint() -> str:
     """The embedded emdm:sudoku checkpoint (the README's main job), or a clear error in a build without it."""
-    from emdm_sampling.adapters import available_embedded
+    from emdm_models.loading import available_embedded
 
     if "sudoku" in available_embedded():
         return "emdm:sudoku"
@@ -130,12 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: print the benchmark table; emdm's errors print as one line (exit status 2)."""
+    from emdm_core.cli import run_cli
+
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        table = bench(args)
-    except EMDMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    table = bench(args)
     print(table, end="")
     if args.out:
         Path(args.out).write_text(table)

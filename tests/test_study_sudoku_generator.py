@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emdm_train.data import sudoku as S
+from studies.sudoku import generate as S
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tasks" / "sudoku" / "data"
@@ -248,14 +248,14 @@ def test_min_clues_stops_removal():
 
 def test_cli_writes_jsonl(tmp_path):
     out = tmp_path / "p.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "emdm_train.data.sudoku", "--n", "5", "--out", str(out),
+    proc = subprocess.run([sys.executable, "-m", "studies.sudoku.generate", "--n", "5", "--out", str(out),
                            "--seed", "1", "--difficulty", "easy,medium", "--chunk", "5", "--workers", "2"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(recs) == 5 and "puzzles/s" in proc.stderr
     assert recs == list(S.generate(5, seed=1, chunk=5))
-    bad = subprocess.run([sys.executable, "-m", "emdm_train.data.sudoku", "--n", "1", "--out", str(out),
+    bad = subprocess.run([sys.executable, "-m", "studies.sudoku.generate", "--n", "1", "--out", str(out),
                           "--difficulty", "expert"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "unknown difficulty" in bad.stderr
 
@@ -316,7 +316,7 @@ def test_4x4_grids_and_errors():
 
 def test_cli_size_4(tmp_path):
     out = tmp_path / "p4.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "emdm_train.data.sudoku", "--n", "5", "--out", str(out), "--size", "4",
+    proc = subprocess.run([sys.executable, "-m", "studies.sudoku.generate", "--n", "5", "--out", str(out), "--size", "4",
                            "--difficulty", "easy"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     recs = [json.loads(line) for line in out.read_text().splitlines()]
@@ -360,7 +360,7 @@ def test_cli_augments_a_file(tmp_path):
     src.write_text("".join(json.dumps({"puzzle": r["puzzle"], "solution": r["solution"]}) + "\n" for r in recs))
     exclude = tmp_path / "exclude.jsonl"
     exclude.write_text(json.dumps(recs[1]) + "\n")
-    proc = subprocess.run([sys.executable, "-m", "emdm_train.data.sudoku", "--from", str(src), "--augment", "3",
+    proc = subprocess.run([sys.executable, "-m", "studies.sudoku.generate", "--from", str(src), "--augment", "3",
                            "--seed", "5", "--out", str(out), "--exclude", str(exclude)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -368,14 +368,14 @@ def test_cli_augments_a_file(tmp_path):
     assert len(got) == 9 and [g["puzzle"] for g in got[::3]] == [recs[i]["puzzle"] for i in (0, 2, 3)]
     assert all(g["difficulty"] == recs[0]["difficulty"] and g["prompt"] == g["puzzle"] for g in got[:3])
     assert len({g["puzzle"] for g in got}) == 9
-    assert subprocess.run([sys.executable, "-m", "emdm_train.data.sudoku", "--from", str(src), "--augment", "3",
+    assert subprocess.run([sys.executable, "-m", "studies.sudoku.generate", "--from", str(src), "--augment", "3",
                            "--seed", "5", "--out", str(tmp_path / "again.jsonl"), "--exclude", str(exclude)],
                           cwd=ROOT, timeout=120).returncode == 0
     assert (tmp_path / "again.jsonl").read_text() == out.read_text()  # seeded
     src.write_text('{"puzzle": "123"}\n')
-    bad = subprocess.run([sys.executable, "-m", "emdm_train.data.sudoku", "--from", str(src), "--out", str(out)],
+    bad = subprocess.run([sys.executable, "-m", "studies.sudoku.generate", "--from", str(src), "--out", str(out)],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "'puzzle' and 'solution'" in bad.stderr
-    none = subprocess.run([sys.executable, "-m", "emdm_train.data.sudoku", "--out", str(out)],
+    none = subprocess.run([sys.executable, "-m", "studies.sudoku.generate", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert none.returncode != 0 and "--n" in none.stderr

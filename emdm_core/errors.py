@@ -17,3 +17,9 @@ class CheckpointError(EMDMError):
 
 class InputTooLongError(EMDMError, ValueError):
     """A prompt plus the requested generation does not fit in the model's maximum length."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

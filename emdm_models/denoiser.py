@@ -1,0 +1,154 @@
+"""The `Denoiser` interface every model family implements, and the registry of families (adapters).
+
+A denoiser turns token ids + an attention mask into logits over the vocabulary at every position, aligned so that
+`logits[:, i]` predicts the token at position i, and carries the ids the sampler needs (mask, EOS, pad) and the
+maximum length. A family (adapter) is a `Denoiser` subclass registered with `@register_adapter`: it says which
+checkpoints it matches, how to build or load their network, where their mask id lives and how to align their
+logits. Inference (`load_denoiser`) and training (`emdm_train`) both go through it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from emdm_core.errors import CheckpointError
+from emdm_core.registry import Registry
+
+
+class Denoiser:
+    """A masked-diffusion model behind a uniform interface (see the module docstring)."""
+
+    name = "base"
+    uses_absolute_positions = True  # rotary models (LLaDA, Dream) are unaffected by a constant position shift
+    needs_remote_code = False  # whether the family's own model code (auto_map) must be trusted
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, mask_token_id: int, eos_token_id: int | None,
+                 pad_token_id: int, max_length: int, path: str = "", surprise: torch.Tensor | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.mask_token_id = int(mask_token_id)
+        self.eos_token_id = None if eos_token_id is None else int(eos_token_id)
+        self.pad_token_id = int(pad_token_id)
+        self.max_length = int(max_length)
+        self.path = path
+        self.surprise = surprise
+        self.forward_calls = 0
+
+    # -- the family: which checkpoints, which network ------------------------------------------------------------
+    @classmethod
+    def matches(cls, config: Any) -> bool:
+        """Whether this adapter is the natural choice for a checkpoint with this config."""
+        return False
+
+    @classmethod
+    def auto_class(cls, config: Any) -> Any:
+        """The transformers Auto class that builds this family's network."""
+        from transformers import AutoModelForMaskedLM
+
+        return AutoModelForMaskedLM
+
+    @classmethod
+    def load_model(cls, path: str, config: Any, dtype: torch.dtype, trust_remote_code: bool) -> torch.nn.Module:
+        """Load the network with its weights."""
+        return cls.auto_class(config).from_pretrained(path, config=config, dtype=dtype,
+                                                      trust_remote_code=trust_remote_code)
+
+    @classmethod
+    def build_model(cls, config: Any, trust_remote_code: bool) -> torch.nn.Module:
+        """A randomly initialised network from `config` (training from scratch)."""
+        return cls.auto_class(config).from_config(config, trust_remote_code=trust_remote_code)
+
+    @classmethod
+    def default_mask_token_id(cls, config: Any, tokenizer: Any) -> int | None:
+        """The mask id when the user gives none: the tokenizer's, else `config.mask_token_id`."""
+        tok_id = getattr(tokenizer, "mask_token_id", None)
+        return tok_id if tok_id is not None else getattr(config, "mask_token_id", None)
+
+    # -- inference ----------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def vocab_size(self) -> int:
+        return output_vocab_size(self.model)
+
+    @classmethod
+    def forward_logits(cls, model: torch.nn.Module, input_ids: torch.Tensor,
+                       attention_mask: torch.Tensor) -> torch.Tensor:
+        """The network's logits aligned so that `[:, i]` predicts token i (with autograd: the trainer uses it)."""
+        kwargs: dict[str, torch.Tensor] = {"attention_mask": attention_mask}
+        if cls.uses_absolute_positions and "position_ids" in inspect.signature(model.forward).parameters:
+            # Left padding must not shift absolute positions: count positions from each row's first real token.
+            kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return model(input_ids=input_ids, **kwargs).logits
+
+    @torch.no_grad()
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, L, V] (float32) where `logits[:, i]` predicts the token at position i."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        self.forward_calls += 1
+        return self.forward_logits(self.model, input_ids.to(self.device), attention_mask.to(self.device)).float()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(path={self.path!r}, mask_token_id={self.mask_token_id}, "
+                f"eos_token_id={self.eos_token_id}, max_length={self.max_length})")
+
+
+ADAPTERS: Registry[type[Denoiser]] = Registry("adapter", base=Denoiser)
+register_adapter = ADAPTERS.register
+
+
+def available_adapters() -> list[str]:
+    """Names of the registered adapters."""
+    return ADAPTERS.available()
+
+
+def adapter_for(config: Any, adapter: str | None = None) -> type[Denoiser]:
+    """The adapter class for a checkpoint config: `adapter` if given, else the registered one that matches (later
+    registrations are tried first), else `masked_lm`."""
+    if adapter is not None:
+        return ADAPTERS.get(adapter)
+    for _name, cls in reversed(ADAPTERS.items()):
+        if cls.matches(config):
+            return cls
+    return ADAPTERS.get("masked_lm")
+
+
+def output_vocab_size(model: torch.nn.Module) -> int:
+    """Rows of the network's output layer (the config's vocab_size when it has none)."""
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if out is not None and hasattr(out, "weight"):
+        return int(out.weight.shape[0])
+    return int(model.config.vocab_size)
+
+
+def config_max_length(config: Any) -> int | None:
+    """The longest sequence a config allows (the first positive of the usual field names), or None."""
+    for name in ("max_position_embeddings", "max_sequence_length", "n_positions", "max_seq_len"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def mask_token_problem(mask_id: int | None, config: Any) -> str | None:
+    """Why `mask_id` cannot serve as the mask token of a model with this config, or None when it can."""
+    if mask_id is None:
+        return "no mask token (its tokenizer defines no mask_token and its config no mask_token_id)"
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    if vocab and not 0 <= int(mask_id) < vocab:
+        return f"mask token id {mask_id} is outside the model's vocabulary (size {vocab})"
+    return None
+
+
+def no_mask_head_error(path: str, config: Any) -> CheckpointError:
+    """The one-line error for a checkpoint that has no masked-LM head."""
+    return CheckpointError(
+        f"{path} is a {getattr(config, 'model_type', '?')!r} checkpoint with no masked-LM head; emdm needs a masked "
+        f"LM (BERT/RoBERTa/ModernBERT), a LLaDA- or Dream-style checkpoint, or adapter=<one of "
+        f"{', '.join(available_adapters())}>")

@@ -1,5 +1,0 @@
-"""`python -m emdm_sampling.architectures DIR --size cpu|paper`: write a randomly initialised Sudoku model."""
-
-from .sudoku import main
-
-main()

@@ -1,1 +1,0 @@
-"""Data generators and loaders for training."""
