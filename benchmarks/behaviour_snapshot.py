@@ -56,12 +56,25 @@ def _checkpoint(models: Path, name: str, family: str, **kw) -> Path:
     return path
 
 
+def _load(load_denoiser, path: Path):
+    """The checkpoint as its own adapter loads it; snapshots taken before the transformers backbones hold
+    remote-code stand-ins for llada/dream, which now load with adapter=remote."""
+    from emdm_core.errors import CheckpointError
+
+    try:
+        return load_denoiser(path, trust_remote_code=True)
+    except CheckpointError as exc:
+        if "adapter=remote" not in str(exc):
+            raise
+        return load_denoiser(path, trust_remote_code=True, adapter="remote")
+
+
 def generations(models: Path) -> dict:
     from emdm_sampling import generate, load_denoiser
 
     out = {}
     for family in ("bert", "modernbert", "llada", "dream"):
-        den = load_denoiser(_checkpoint(models, family, family), trust_remote_code=True)
+        den = _load(load_denoiser, _checkpoint(models, family, family))
         den.surprise = torch.linspace(0, 9, den.vocab_size)
         prompts = [den.tokenizer(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
         for sampler in SAMPLERS:

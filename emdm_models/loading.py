@@ -8,11 +8,12 @@ training command line).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -46,6 +47,19 @@ KWARGS = Spelling("kwargs", "pretrained")
 FLAGS = Spelling("flags", "model", can_add_mask=True)
 
 
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' warnings off for a moment (they would repeat what emdm reports in one line)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
 def register_architectures() -> None:
     """Register emdm's own model classes and the built-in families with transformers' Auto classes (idempotent)."""
     from . import architectures, families  # noqa: F401
@@ -77,31 +91,59 @@ def has_weights(path: str | os.PathLike) -> bool:
     return any((Path(path) / f).exists() for f in WEIGHT_FILES)
 
 
+def _raw_config_of(path: str, name: str) -> dict[str, Any]:
+    """config.json of a local directory, a bare config file, or a Hub id (from the local cache when offline)."""
+    if os.path.isfile(path):
+        file = Path(path)
+    elif os.path.isdir(path):
+        file = Path(path) / "config.json"
+    else:
+        from transformers.utils import cached_file
+
+        try:
+            file = Path(cached_file(name, "config.json"))
+        except OSError as exc:
+            raise CheckpointError(f"cannot load {name}: {first_line(exc)} (offline? give a local directory)") \
+                from None
+    try:
+        return json.loads(file.read_text()) if file.is_file() else {}
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{file} is not valid JSON ({exc.msg}); fix or regenerate it") from None
+
+
 def read_config(name: str, trust_remote_code: bool = False, spell: Spelling = KWARGS,
-                overrides: str | None = None) -> tuple[Any, bool, str]:
+                overrides: str | None = None, adapter: str | None = None) -> tuple[Any, bool, str]:
     """(config, has weights, resolved path) of a checkpoint directory, a config-only directory, a bare config
-    `.json` file, an embedded `emdm:NAME` or a Hub id; `overrides` ("k=v,k2=v2") edit the config."""
+    `.json` file, an embedded `emdm:NAME` or a Hub id; `overrides` ("k=v,k2=v2") edit the config.
+
+    A config of a family emdm runs on its own backbones (LLaDA, Dream, SDAR, A2D) is converted to that backbone's
+    config, so no remote code is needed (`adapter=remote` keeps the checkpoint's own code instead)."""
     from transformers import AutoConfig
+
+    from .families import native_family_for
 
     register_architectures()
     path = os.path.expanduser(resolve_embedded(str(name)))
     what = spell(spell.model_option, "<a directory written by save_pretrained>") + " or a Hub model id"
+    if os.path.isdir(path) and not (Path(path) / "config.json").exists():
+        written = spell(spell.model_option, "<a directory written by save_pretrained (or emdm_train)>")
+        raise CheckpointError(f"{path} has no config.json; pass {written}")
+    if not os.path.exists(path) and looks_local(str(name)):
+        raise CheckpointError(f"checkpoint directory {name} does not exist; pass {what}")
+    raw = _raw_config_of(path, str(name))
+    family = native_family_for(str(raw.get("model_type", "")), adapter) if adapter != "remote" else None
+    weights = has_weights(path) if os.path.isdir(path) else not os.path.isfile(path)
     try:
-        if os.path.isfile(path):  # a bare config .json file
-            data = json.loads(Path(path).read_text())
+        if family is not None:
+            config = family.convert_config(raw, str(name))
+        elif os.path.isfile(path):  # a bare config .json file
+            data = dict(raw)
             model_type = data.pop("model_type", None)
             if not model_type:
                 raise CheckpointError(f"{name} has no model_type; give a config.json written by save_pretrained")
-            config, weights = AutoConfig.for_model(model_type, **data), False
-        elif os.path.isdir(path):
-            if not (Path(path) / "config.json").exists():
-                written = spell(spell.model_option, "<a directory written by save_pretrained (or emdm_train)>")
-                raise CheckpointError(f"{path} has no config.json; pass {written}")
-            config, weights = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code), has_weights(path)
-        elif looks_local(str(name)):
-            raise CheckpointError(f"checkpoint directory {name} does not exist; pass {what}")
+            config = AutoConfig.for_model(model_type, **data)
         else:
-            config, weights = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code), True
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except CheckpointError:
         raise
     except ValueError as exc:
@@ -129,7 +171,8 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, spell: Spelling =
     if looks_local(str(name)) and not os.path.exists(path):
         raise CheckpointError(f"tokenizer path {name} does not exist; pass {fix}")
     try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        with quiet_transformers():  # it warns that a llada/Dream/sdar config is not a tokenizer's model type
+            return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:
         raise CheckpointError(f"cannot load a tokenizer from {name}: {first_line(exc)}; pass {fix}") from None
 
@@ -198,7 +241,7 @@ def load_denoiser(pretrained: str | os.PathLike, adapter: str | None = None, dev
     """Load a checkpoint directory, `emdm:NAME` or Hub id as a `Denoiser`, choosing the adapter from its config.
 
     `spelling` says how the caller's user passes options, for the fixes that error messages name."""
-    config, weights, path = read_config(str(pretrained), trust_remote_code, spelling)
+    config, weights, path = read_config(str(pretrained), trust_remote_code, spelling, adapter=adapter)
     if os.path.isdir(path) and not weights:
         raise CheckpointError(f"{path} has a config but no weights (model.safetensors); pass "
                               f"{spelling(spelling.model_option, '<a checkpoint with weights>')}, or train one from "

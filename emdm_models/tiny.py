@@ -1,8 +1,14 @@
 """Tiny locally built checkpoints: a trained tokenizer plus a small random model, saved with `save_pretrained`.
 
-They need no download, so tests, the README demo and CI run offline. Four families are covered:
-`bert` and `modernbert` (stock `AutoModelForMaskedLM`), `llada` (remote code, `AutoModel`, a mask id that the
-tokenizer does not know) and `dream` (remote code whose logits come out shifted by one position).
+They need no download, so tests, the README demo and CI run offline. Families:
+- `bert`, `modernbert`: stock `AutoModelForMaskedLM`;
+- `llada`: LLaDA's own checkpoint layout (config.json `model_type: llada`, `model.transformer.blocks.N...` weights,
+  a mask id the tokenizer does not know), which emdm loads onto its Llama backbone;
+- `dream`: Dream's layout (`model_type: Dream`, Qwen2 weights, logits shifted by one position);
+- `sdar`: SDAR's layout (`model_type: sdar`, Qwen3 weights, block-causal attention over blocks of 4);
+- `a2d`: a dLLM A2D checkpoint (`model_type: a2d-qwen3`);
+- `remote`: a checkpoint that ships its own model code (`auto_map`, a BERT behind a custom class), for
+  `adapter=remote` and `trust_remote_code`.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ DEMO_CORPUS = [
     "one two three four five six seven eight nine ten .",
 ]
 
-FAMILIES = ("bert", "modernbert", "llada", "dream")
+FAMILIES = ("bert", "modernbert", "llada", "dream", "sdar", "a2d", "remote")
 
 
 def train_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 256, with_mask: bool = True):
@@ -55,8 +61,7 @@ def build_tiny_checkpoint(
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    remote = family in ("llada", "dream")
-    tokenizer = train_tokenizer(corpus, with_mask=not remote or family == "dream")
+    tokenizer = train_tokenizer(corpus, with_mask=family not in ("llada", "remote"))
     vocab = len(tokenizer)
     # A wide initialisation keeps the random model's predictions distinct across positions (no near-ties).
     common = dict(hidden_size=hidden_size, num_attention_heads=2, intermediate_size=hidden_size * 2,
@@ -75,23 +80,91 @@ def build_tiny_checkpoint(
                                sep_token_id=tokenizer.sep_token_id, global_attn_every_n_layers=1,
                                local_attention=max_length, **common)
         ModernBertForMaskedLM(cfg).save_pretrained(path)
+    elif family == "remote":
+        _write_remote_model(path, vocab, tokenizer, num_layers, common)
     else:
-        _write_remote_model(path, family, vocab, tokenizer, num_layers, common)
+        _write_backbone_model(path, family, vocab, tokenizer, hidden_size, num_layers, max_length)
     tokenizer.save_pretrained(path)
     return path
 
 
-# --- remote-code stand-ins ------------------------------------------------------------------------------------
+# --- backbone families in their own checkpoint layouts ---------------------------------------------------------
+
+# emdm's Llama names -> LLaDA's (the inverse of emdm_models.families.llada's key mapping)
+_TO_LLADA = [("model.embed_tokens.", "model.transformer.wte."), ("model.norm.", "model.transformer.ln_f."),
+             ("lm_head.", "model.transformer.ff_out."), ("model.layers.", "model.transformer.blocks."),
+             (".input_layernorm.", ".attn_norm."), (".post_attention_layernorm.", ".ff_norm."),
+             (".self_attn.o_proj.", ".attn_out."), (".self_attn.", "."), (".mlp.gate_proj.", ".ff_proj."),
+             (".mlp.up_proj.", ".up_proj."), (".mlp.down_proj.", ".ff_out.")]
+
+
+def _write_backbone_model(path: Path, family: str, vocab: int, tokenizer, hidden_size: int, num_layers: int,
+                          max_length: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from .backbones import DiffusionLlamaConfig, DiffusionQwen2Config, DiffusionQwen3Config
+
+    extra = 8 if family == "llada" else 0  # LLaDA's mask id lies past its tokenizer's vocabulary (126336)
+    mask_id = vocab + 4 if family == "llada" else tokenizer.mask_token_id
+    common = dict(vocab_size=vocab + extra, hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+                  num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=max_length, rms_norm_eps=1e-5, initializer_range=0.3,
+                  tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
+                  eos_token_id=tokenizer.eos_token_id, mask_token_id=mask_id,
+                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    config_class = {"llada": DiffusionLlamaConfig, "dream": DiffusionQwen2Config, "sdar": DiffusionQwen3Config,
+                    "a2d": DiffusionQwen3Config}[family]
+    extras = {"head_dim": hidden_size // 4} if config_class is DiffusionQwen3Config else {}
+    if family == "sdar":
+        extras.update(attention="block_causal", block_size=4)
+    config = config_class(**common, **extras)
+    model = _backbone_lm(config)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    raw = {k: v for k, v in config.to_dict().items() if k in common}
+    raw.update(rope_theta=10000.0, torch_dtype="float32")
+    if family == "llada":
+        for old, new in _TO_LLADA:
+            state = {k.replace(old, new, 1): v for k, v in state.items()}
+        raw = {"model_type": "llada", "architectures": ["LLaDAModelLM"], "d_model": hidden_size, "n_heads": 4,
+               "n_kv_heads": 2, "n_layers": num_layers, "mlp_hidden_size": hidden_size * 2, "mlp_ratio": 4,
+               "activation_type": "silu", "block_type": "llama", "rope": True, "rope_theta": 10000.0,
+               "layer_norm_type": "rms", "rms_norm_eps": 1e-5, "max_sequence_length": max_length,
+               "include_bias": False, "include_qkv_bias": False, "weight_tying": False, "vocab_size": vocab + extra,
+               "embedding_size": vocab + extra, "mask_token_id": mask_id, "pad_token_id": tokenizer.pad_token_id,
+               "eos_token_id": tokenizer.eos_token_id, "alibi": False, "scale_logits": False}
+    elif family == "dream":
+        raw.update(model_type="Dream", architectures=["DreamModel"], hidden_act="silu")
+    elif family == "sdar":
+        raw.update(model_type="sdar", architectures=["SDARForCausalLM"], hidden_act="silu", block_size=4,
+                   head_dim=hidden_size // 4)
+    else:
+        raw.update(model_type="a2d-qwen3", architectures=["A2DQwen3LMHeadModel"], hidden_act="silu",
+                   head_dim=hidden_size // 4)
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    (path / "config.json").write_text(json.dumps(raw, indent=2))
+
+
+def _backbone_lm(config):
+    from .backbones import BACKBONES
+
+    for config_class, lm in BACKBONES.values():
+        if isinstance(config, config_class):
+            return lm(config)
+    raise TypeError(type(config))
+
+
+# --- a remote-code stand-in -----------------------------------------------------------------------------------
 
 _REMOTE_CODE = '''
-"""Tiny stand-in for a {title} checkpoint: a BERT encoder behind {title}'s interface (tests only)."""
+"""Tiny stand-in for a checkpoint with its own model code: a BERT encoder behind a custom class (tests only)."""
 import torch
 from transformers import BertConfig, BertModel, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput
 
 
-class {cls}Config(PretrainedConfig):
-    model_type = "{model_type}"
+class RemoteDemoConfig(PretrainedConfig):
+    model_type = "emdm_remote_demo"
 
     def __init__(self, vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                  intermediate_size=64, max_position_embeddings=128, mask_token_id=None, **kwargs):
@@ -105,8 +178,8 @@ class {cls}Config(PretrainedConfig):
         super().__init__(**kwargs)
 
 
-class {cls}Model(PreTrainedModel):
-    config_class = {cls}Config
+class RemoteDemoModel(PreTrainedModel):
+    config_class = RemoteDemoConfig
     base_model_prefix = "encoder"
 
     def __init__(self, config):
@@ -128,38 +201,27 @@ class {cls}Model(PreTrainedModel):
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                               position_ids=position_ids).last_hidden_state
-        logits = self.lm_head(hidden)
-        if {shift}:
-            # Dream-style: the prediction for position i comes out at position i - 1.
-            logits = torch.cat([logits[:, 1:], logits[:, -1:]], dim=1)
-        return MaskedLMOutput(logits=logits)
+        return MaskedLMOutput(logits=self.lm_head(hidden))
 '''
 
 
-def _write_remote_model(path: Path, family: str, vocab: int, tokenizer, num_layers: int, common: dict) -> None:
+def _write_remote_model(path: Path, vocab: int, tokenizer, num_layers: int, common: dict) -> None:
     import importlib.util
     import sys
 
-    title, cls, model_type = ("LLaDA", "LLaDA", "llada") if family == "llada" else ("Dream", "Dream", "Dream")
-    if family == "llada":
-        vocab_size = vocab + 8  # the mask id lies past the tokenizer's vocabulary, as LLaDA's 126336 does
-        mask_id = vocab + 4
-    else:
-        vocab_size, mask_id = vocab, tokenizer.mask_token_id
-    code = _REMOTE_CODE.format(title=title, cls=cls, model_type=model_type, shift=family == "dream")
-    module_name = f"modeling_{family}"
-    (path / f"{module_name}.py").write_text(code)
-    spec = importlib.util.spec_from_file_location(f"_emdm_tiny_{family}", path / f"{module_name}.py")
+    (path / "modeling_remote_demo.py").write_text(_REMOTE_CODE)
+    spec = importlib.util.spec_from_file_location("_emdm_tiny_remote", path / "modeling_remote_demo.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
-    config = getattr(mod, f"{cls}Config")(vocab_size=vocab_size, num_hidden_layers=num_layers, mask_token_id=mask_id,
-                                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                          **common)
-    model = getattr(mod, f"{cls}Model")(config)
-    model.save_pretrained(path)
+    # the mask id lies past the tokenizer's vocabulary and is given by the config, as LLaDA's is
+    config = mod.RemoteDemoConfig(vocab_size=vocab + 8, num_hidden_layers=num_layers, mask_token_id=vocab + 4,
+                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                  **common)
+    mod.RemoteDemoModel(config).save_pretrained(path)
     cfg = json.loads((path / "config.json").read_text())
-    cfg["model_type"] = model_type
-    cfg["architectures"] = [f"{cls}ModelLM" if family == "llada" else f"{cls}Model"]
-    cfg["auto_map"] = {"AutoConfig": f"{module_name}.{cls}Config", "AutoModel": f"{module_name}.{cls}Model"}
+    cfg["model_type"] = "emdm_remote_demo"
+    cfg["architectures"] = ["RemoteDemoModel"]
+    cfg["auto_map"] = {"AutoConfig": "modeling_remote_demo.RemoteDemoConfig",
+                       "AutoModel": "modeling_remote_demo.RemoteDemoModel"}
     (path / "config.json").write_text(json.dumps(cfg, indent=2))

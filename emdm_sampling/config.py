@@ -44,11 +44,18 @@ class SamplerConfig:
                                             "hidden from selection", check=at_least(1))
     temperature: float = option(0.0, "sample proposals from softmax(logits / T); 0 = argmax",
                                 check=at_least(0, "; 0 means argmax"))
-    schedule: str = option("linear", "tokens revealed per step: linear (LLaDA's split) or cosine (MaskGIT's)",
+    schedule: str = option("linear", "tokens revealed per step: linear (LLaDA's split), cosine (MaskGIT's) or dream "
+                                     "(Dream's diffusion_generate)",
                            check=_known_schedule)
     threshold: float | None = option(None, "parallel decoding: reveal every position whose proposal has p >= "
                                            "threshold, at least the strategy's first choice, each step",
                                      check=in_range(0.0, 1.0, low_open=True, hint=", or none for the schedule"))
+    order_noise: float = option(0.0, "Gumbel noise on the ordering score: positions are ranked by score + c * Gumbel "
+                                     "(Kim et al.'s coefficient; Dream's alg_temp = sampling the order from "
+                                     "softmax(score / c)); 0 = deterministic order", check=at_least(0))
+    cache: str = option("auto", "KV cache: none (recompute every pass), prefix / dual (Fast-dLLM's approximate "
+                                "caches), exact (block-causal models), auto (exact where it is, else none)",
+                        choices=("auto", "none", "prefix", "dual", "exact"))
     stop_at_eos: bool = option(True, "once EOS is revealed, the generated masks after it become EOS and need no "
                                      "forward passes")
     seed: int = option(0, "default per-row seed (each row draws counter-based randomness from its own seed)")

@@ -22,6 +22,7 @@ from emdm_core.errors import ConfigError, InputTooLongError
 from emdm_models.denoiser import Denoiser
 
 from .config import SamplerConfig
+from .forward import Logits, ModelForward
 from .rng import CounterRNG, fold_seed
 from .schedules import get_schedule, reveal_counts
 from .strategies import StepContext
@@ -37,9 +38,11 @@ class GenerationOutput:
 
     sequences: list[list[int]]
     generated: list[list[int]]
-    nfe: int  # batched forward passes
+    nfe: int  # batched forward passes (model calls)
     row_nfe: list[int]  # forward passes each row took part in
     trace: Trace | None = None
+    nfe_full: int = 0  # of `nfe`: passes over whole sequences (all of them without a cache)
+    nfe_partial: int = 0  # of `nfe`: cached passes over a window (a block, or a block and what follows)
 
 
 @dataclass
@@ -56,10 +59,14 @@ class Canvas:
     prompt_end: torch.Tensor  # [B] column where each row's generation starts
     fill: torch.Tensor  # [B, L] bool: positions to decode (appended masks and masks inside prompts)
     generated: torch.Tensor  # [B, L] bool: the generation region (after the prompt)
+    kept_end: torch.Tensor | None = None  # [B] column after the last token returned (extra masks are cut off)
     start: int = 0  # first column of the decoding window
 
     @classmethod
-    def build(cls, rows: list[list[int]], gen_length: int, denoiser: Denoiser) -> "Canvas":
+    def build(cls, rows: list[list[int]], gen_length: int, denoiser: Denoiser,
+              complete_block: int | None = None) -> "Canvas":
+        """Left-padded prompts + `gen_length` masks each; with `complete_block`, more masks until each row ends on a
+        block boundary (block-causal models are trained on whole blocks; the extra tokens are cut off again)."""
         mask_id, dev = denoiser.mask_token_id, denoiser.device
         lengths = [len(r) + gen_length for r in rows]
         if max(lengths) > denoiser.max_length:
@@ -68,16 +75,21 @@ class Canvas:
                 f"prompt of {len(rows[worst])} tokens + {gen_length} generated = {lengths[worst]} exceeds the "
                 f"model's maximum length {denoiser.max_length}; shorten the prompt or lower gen_length "
                 f"(max_gen_toks)")
-        batch, width = len(rows), max(lengths)
-        padding = torch.tensor([width - n for n in lengths], device=dev)
+        extra = [0] * len(rows)
+        if complete_block:
+            extra = [min((-n) % complete_block, denoiser.max_length - n) for n in lengths]
+        batch, width = len(rows), max(n + e for n, e in zip(lengths, extra))
+        padding = torch.tensor([width - n - e for n, e in zip(lengths, extra)], device=dev)
         tokens = torch.full((batch, width), denoiser.pad_token_id, dtype=torch.long, device=dev)
-        flat = torch.tensor([t for r in rows for t in r + [mask_id] * gen_length], dtype=torch.long, device=dev)
+        flat = torch.tensor([t for r, e in zip(rows, extra) for t in r + [mask_id] * (gen_length + e)],
+                            dtype=torch.long, device=dev)
         col = torch.arange(width, device=dev).unsqueeze(0)
         attention = col >= padding.unsqueeze(1)
         tokens[attention] = flat
         prompt_end = padding + torch.tensor([len(r) for r in rows], device=dev)
         fill = (tokens == mask_id) & attention
-        canvas = cls(tokens, attention, padding, prompt_end, fill, col >= prompt_end.unsqueeze(1))
+        canvas = cls(tokens, attention, padding, prompt_end, fill, col >= prompt_end.unsqueeze(1),
+                     kept_end=prompt_end + gen_length)
         if fill.any():
             canvas.start = int(fill.any(0).nonzero()[0])
         return canvas
@@ -109,17 +121,47 @@ class BlockState:
     steps_in_block: torch.Tensor  # [B] passes the current block is given
     masked_at_block_entry: torch.Tensor  # [B] masks the current block held when the row entered it
 
+    first_block: torch.Tensor | None = None  # [B] aligned blocks: the position // block_length of block 0
+    block_length: int = 0  # aligned blocks: their length
+
     @classmethod
-    def build(cls, fill: torch.Tensor, config: SamplerConfig) -> "BlockState":
+    def build(cls, fill: torch.Tensor, config: SamplerConfig, positions: torch.Tensor | None = None,
+              aligned: int | None = None) -> "BlockState":
+        """Blocks of `block_length` masked positions in order; with `aligned` (block-causal models), blocks of
+        `block_length` (default `aligned`) positions counted from each row's start (`positions`), as the model's
+        attention blocks are."""
         n_fill = fill.sum(1)
-        rank = fill.long().cumsum(1) - 1
-        block_len = config.block_length or int(n_fill.max())
-        block_id = torch.where(fill, rank // block_len, torch.full_like(rank, _FAR))
-        n_blocks = ((n_fill + block_len - 1) // block_len).clamp(min=1)
+        first_block = None
+        if aligned:
+            block_len = config.block_length or aligned
+            raw = torch.div(positions, block_len, rounding_mode="floor")
+            first_block = torch.where(fill, raw, torch.full_like(raw, _FAR)).min(1).values
+            block_id = torch.where(fill, raw - first_block.unsqueeze(1), torch.full_like(raw, _FAR))
+            n_blocks = (torch.where(fill, block_id, torch.full_like(block_id, -1)).max(1).values + 1).clamp(min=1)
+        else:
+            rank = fill.long().cumsum(1) - 1
+            block_len = config.block_length or int(n_fill.max())
+            block_id = torch.where(fill, rank // block_len, torch.full_like(rank, _FAR))
+            n_blocks = ((n_fill + block_len - 1) // block_len).clamp(min=1)
         zeros = torch.zeros_like(n_blocks)
         # `steps` is split over a row's blocks; the first `steps % n_blocks` blocks get one step more.
         return cls(block_id, n_blocks, config.steps // n_blocks, config.steps % n_blocks,
-                   torch.full_like(n_blocks, -1), zeros.clone(), torch.ones_like(n_blocks), zeros.clone())
+                   torch.full_like(n_blocks, -1), zeros.clone(), torch.ones_like(n_blocks), zeros.clone(),
+                   first_block, block_len if aligned else 0)
+
+    def columns(self, in_block: torch.Tensor, canvas: "Canvas") -> tuple[torch.Tensor, torch.Tensor]:
+        """([B] first, [B] one-past-last) sequence column of each row's current block (aligned blocks: the whole
+        attention-aligned span, prompt positions included)."""
+        start_col = canvas.start
+        if self.first_block is not None:
+            begin = canvas.padding + (self.current + self.first_block) * self.block_length
+            end = (begin + self.block_length).clamp(max=canvas.tokens.shape[1])
+            return begin, end
+        col = torch.arange(in_block.shape[1], device=in_block.device).unsqueeze(0) + start_col
+        width = canvas.tokens.shape[1]
+        begin = torch.where(in_block, col, torch.full_like(col, width)).min(1).values
+        end = torch.where(in_block, col + 1, torch.zeros_like(col)).max(1).values
+        return begin, end
 
     def advance(self, masked: torch.Tensor) -> torch.Tensor:
         """Move each row to the block of its first masked position; return [B, W] bool: that block's positions."""
@@ -145,11 +187,12 @@ def _propose(logits: torch.Tensor, temperature: float, u: torch.Tensor) -> torch
     """argmax, or a sample from softmax(logits / temperature) by inverse CDF with the row's own uniforms.
 
     This is the distribution LLaDA's Gumbel-max draws from, with one uniform per position instead of one per
-    vocabulary entry.
+    vocabulary entry. The CDF is accumulated in float64 (as LLaDA's Gumbel noise is): over a 126k-token vocabulary a
+    float32 cumulative sum drifts enough that a row's sample would depend on rounding, i.e. on its batch.
     """
     if temperature == 0:
         return logits.argmax(-1)
-    cdf = torch.softmax(logits / temperature, dim=-1).cumsum(-1)
+    cdf = torch.softmax(logits.double() / temperature, dim=-1).cumsum(-1)
     target = (u.to(cdf.dtype) * cdf[..., -1]).unsqueeze(-1)
     return torch.searchsorted(cdf, target).squeeze(-1).clamp(max=logits.shape[-1] - 1)
 
@@ -175,55 +218,71 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
         return GenerationOutput([], [], 0, [], Trace([], mask_id) if trace else None)
     if seeds is not None and len(seeds) != len(rows):
         raise ConfigError(f"seeds has {len(seeds)} entries for {len(rows)} prompts; give one seed per prompt")
+    attention_block = getattr(denoiser, "block_size", None)  # block-causal models decode their attention blocks
+    if attention_block and config.block_length and config.block_length % attention_block:
+        raise ConfigError(f"block_length={config.block_length} must be a multiple of the model's attention block "
+                          f"({attention_block}); leave it unset to decode one attention block at a time")
 
     # === 1. canvas: prompts + masks, left-padded; the window of columns that hold anything to decode ===
-    canvas = Canvas.build(rows, config.gen_length, denoiser)
+    complete = (config.block_length or attention_block) if attention_block else None
+    canvas = Canvas.build(rows, config.gen_length, denoiser, complete_block=complete)
     batch = len(rows)
-    recorder = Trace([r + [mask_id] * config.gen_length for r in rows], mask_id) if trace else None
+    recorder = None
+    if trace:
+        recorder = Trace([r[p:] for r, p in zip(canvas.tokens.tolist(), canvas.padding.tolist())], mask_id)
     if not canvas.fill.any():
         return _finish(canvas, denoiser, config, 0, [0] * batch, recorder)
     tokens = canvas.window_tokens  # a view: what the model reads at the next pass
     fill = canvas.window(canvas.fill).clone()  # shrinks when EOS ends a row early
     generated_region = canvas.window(canvas.generated)
 
-    # === 2. block state, randomness, per-row memory ===
-    blocks = BlockState.build(fill, config)
+    # === 2. block state, forward passes (with or without cache), randomness, per-row memory ===
+    positions = canvas.window(canvas.positions())
+    blocks = BlockState.build(fill, config, positions, aligned=attention_block)
+    forward = ModelForward(denoiser, canvas, config.cache)
     row_seeds = seeds if seeds is not None else [config.seed] * batch
-    rng = CounterRNG(torch.tensor([fold_seed(s) for s in row_seeds], device=tokens.device),
-                     canvas.window(canvas.positions()))
+    rng = CounterRNG(torch.tensor([fold_seed(s) for s in row_seeds], device=tokens.device), positions)
     surprise = _surprise_for(denoiser)
     confidence = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
     row_nfe = torch.zeros(batch, dtype=torch.long, device=tokens.device)
     state: dict[str, torch.Tensor] = {}
     eos = denoiser.eos_token_id if config.stop_at_eos else None
     # every schedule ends within this many passes; the bound guards against a faulty strategy
-    max_passes = int(fill.sum(1).max()) + config.steps + int(blocks.n_blocks.max()) + strategy.extra_steps() + 1
-    bar = tqdm(total=max_passes, desc=f"{config.sampler}", disable=not progress, leave=False)
+    max_steps = int(fill.sum(1).max()) + config.steps + int(blocks.n_blocks.max()) + strategy.extra_steps() + 1
+    bar = tqdm(total=max_steps, desc=f"{config.sampler}", disable=not progress, leave=False)
 
-    nfe = 0
+    step = 0
     while True:
         # === 3. rows still decoding, and their current blocks ===
         masked = (tokens == mask_id) & fill
         active = masked.any(1)
         if not active.any():
             break
-        if nfe >= max_passes:
-            raise RuntimeError(f"sampler {config.sampler!r} left masks after {nfe} steps; its step() must reveal "
+        if step >= max_steps:
+            raise RuntimeError(f"sampler {config.sampler!r} left masks after {step} steps; its step() must reveal "
                                f"every masked position by the last step of a block")
+        previous_block = blocks.current.clone()
         in_block = blocks.advance(masked)
         rows_now = active.nonzero().flatten()
         sub = slice(None) if len(rows_now) == batch else rows_now
+        masked_now, eligible = masked[sub], (masked & in_block)[sub]
+        all_masked = strategy.needs_all_masked(state, rows_now)  # rows that need proposals beyond their block
+        scored = eligible if all_masked is None else torch.where(all_masked.unsqueeze(1), masked_now, eligible)
 
-        # === 4. forward: the active rows, whole sequence; the mask token is never proposed ===
-        logits = canvas.window(denoiser.logits(canvas.tokens[sub], canvas.attention[sub]))
-        logits[..., mask_id] = float("-inf")
+        # === 4. forward: the model's logits where this pass needs them ===
+        block_start, block_end = blocks.columns(in_block, canvas)
+        refresh = (blocks.current != previous_block)[rows_now]
+        if all_masked is not None:
+            refresh = refresh | all_masked
+        passes = forward(rows_now, block_start[rows_now], block_end[rows_now], refresh)
 
         # === 5. proposals and their probabilities, at the positions the strategy can act on only ===
-        masked_now, eligible = masked[sub], (masked & in_block)[sub]
-        scored = masked_now if strategy.remasks else eligible
-        flat_logits = logits[scored].float()
+        flat_logits = _gather(passes, scored).float()
+        # the mask token is never proposed: the lowest finite logit (probability exactly 0, and no inf * 0 = NaN
+        # in sums over the vocabulary such as the entropy)
+        flat_logits[:, mask_id] = torch.finfo(flat_logits.dtype).min
         flat_log_z = torch.logsumexp(flat_logits, dim=-1)
-        flat_x0 = _propose(flat_logits, config.temperature, rng.uniform(nfe, _STREAM_PROPOSAL)[sub][scored])
+        flat_x0 = _propose(flat_logits, config.temperature, rng.uniform(step, _STREAM_PROPOSAL)[sub][scored])
         x0 = tokens[sub].clone()
         x0[scored] = flat_x0
         p_x0 = torch.zeros(scored.shape, dtype=flat_logits.dtype, device=tokens.device)
@@ -231,13 +290,14 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
 
         # === 6. strategy step ===
         ctx = StepContext(
-            step=nfe, x=tokens[sub], logits=logits, scored=scored, flat_logits=flat_logits, flat_log_z=flat_log_z,
-            x0=x0, p_x0=p_x0, masked=masked_now, eligible=eligible, block=(fill & in_block)[sub],
-            fillable=fill[sub], confidence=confidence[sub],
-            k=reveal_counts(schedule, blocks.masked_at_block_entry, blocks.step_in_block, blocks.steps_in_block)[sub],
+            step=step, x=tokens[sub], dense_logits=lambda: _dense(passes, mask_id), scored=scored,
+            flat_logits=flat_logits, flat_log_z=flat_log_z, x0=x0, p_x0=p_x0, masked=masked_now,
+            eligible=eligible, block=(fill & in_block)[sub], fillable=fill[sub], confidence=confidence[sub],
+            k=reveal_counts(schedule, blocks.masked_at_block_entry, blocks.step_in_block, blocks.steps_in_block,
+                            (masked & in_block).sum(1))[sub],
             block_step=blocks.step_in_block[sub], block_steps=blocks.steps_in_block[sub],
             threshold=config.threshold, rng=rng.rows(sub), mask_token_id=mask_id, surprise=surprise,
-            rows=rows_now, batch_size=batch, state=state)
+            rows=rows_now, batch_size=batch, state=state, order_noise=config.order_noise)
         result = strategy.step(ctx)
 
         # === 7. apply: reveal (the strategy's tokens or the proposals), re-mask, then EOS ===
@@ -248,19 +308,47 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
         if result.remask is not None:
             remask = result.remask & ctx.fillable & (new_tokens != mask_id)
             new_tokens = new_tokens.masked_fill(remask, mask_id)
+            forward.invalidate(sub, remask)
         tokens[sub] = new_tokens
         if eos is not None:
             fill &= ~_fill_after_eos(tokens, generated_region, eos, mask_id)
         blocks.step_in_block[sub] += 1
         row_nfe[sub] += 1
-        nfe += 1
+        step += 1
         bar.update(1)
 
         # === 8. trace ===
         if recorder is not None:
-            _record(recorder, nfe - 1, canvas, rows_now, reveal, remask, p_x0)
+            _record(recorder, step - 1, canvas, rows_now, reveal, remask, p_x0)
     bar.close()
-    return _finish(canvas, denoiser, config, nfe, row_nfe.tolist(), recorder)
+    out = _finish(canvas, denoiser, config, forward.full_passes + forward.partial_passes, row_nfe.tolist(), recorder)
+    out.nfe_full, out.nfe_partial = forward.full_passes, forward.partial_passes
+    return out
+
+
+def _gather(passes: list[tuple[torch.Tensor, Logits]], positions: torch.Tensor) -> torch.Tensor:
+    """[N, V] logits at the True entries of `positions` [b, W] (row-major), from the pass(es) that computed them."""
+    if len(passes) == 1:
+        return passes[0][1].at(positions)
+    order = torch.full(positions.shape, -1, dtype=torch.long, device=positions.device)
+    order[positions] = torch.arange(int(positions.sum()), device=positions.device)
+    first = passes[0][1].values
+    out = first.new_empty((int(positions.sum()), first.shape[-1]))
+    for index, logits in passes:
+        sel = positions[index]
+        out[order[index][sel]] = logits.at(sel)
+    return out
+
+
+def _dense(passes: list[tuple[torch.Tensor, Logits]], mask_id: int) -> torch.Tensor:
+    """[b, W, V] logits of a pass (columns not computed: 0), the mask token at -inf (for `StepContext.logits`)."""
+    first = passes[0][1]
+    rows = sum(len(index) for index, _ in passes)
+    out = first.values.new_zeros((rows, first.width, first.values.shape[-1]))
+    for index, logits in passes:
+        out[index] = logits.dense()
+    out[..., mask_id] = float("-inf")
+    return out
 
 
 def _record(trace: Trace, step: int, canvas: Canvas, rows: torch.Tensor, reveal: torch.Tensor,
@@ -296,8 +384,9 @@ def _surprise_for(denoiser: Denoiser) -> torch.Tensor | None:
 def _finish(canvas: Canvas, denoiser: Denoiser, config: SamplerConfig, nfe: int, row_nfe: list[int],
             trace: Trace | None) -> GenerationOutput:
     rows = canvas.tokens.cpu().tolist()
-    seqs = [r[p:] for r, p in zip(rows, canvas.padding.tolist())]
-    gens = [r[e:] for r, e in zip(rows, canvas.prompt_end.tolist())]
+    kept = canvas.kept_end.tolist() if canvas.kept_end is not None else [len(r) for r in rows]
+    seqs = [r[p:k] for r, p, k in zip(rows, canvas.padding.tolist(), kept)]
+    gens = [r[e:k] for r, e, k in zip(rows, canvas.prompt_end.tolist(), kept)]
     if config.stop_at_eos and denoiser.eos_token_id is not None:
         gens = [g[: g.index(denoiser.eos_token_id)] if denoiser.eos_token_id in g else g for g in gens]
     return GenerationOutput(seqs, gens, nfe, row_nfe, trace)

@@ -26,9 +26,11 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
-    """One tiny checkpoint per family (bert, modernbert, llada, dream), built once per session."""
+    """One tiny checkpoint per family (bert, modernbert, llada, dream, sdar, a2d, remote), built once per session."""
+    from emdm_models.tiny import FAMILIES
+
     root = tmp_path_factory.mktemp("ckpt")
-    return {fam: str(build_tiny_checkpoint(root / fam, fam)) for fam in ("bert", "modernbert", "llada", "dream")}
+    return {fam: str(build_tiny_checkpoint(root / fam, fam)) for fam in FAMILIES}
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,8 @@ import torch
 
 from emdm_sampling import CheckpointError, ConfigError, load_denoiser
 from emdm_models.families.masked_lm import MaskedLMDenoiser
-from emdm_models.families.remote import DreamDenoiser, LLaDADenoiser
+from emdm_models.families.dream import DreamDenoiser
+from emdm_models.families.llada import LLaDADenoiser
 from emdm_models.tiny import build_tiny_checkpoint, train_tokenizer
 
 
@@ -59,7 +60,8 @@ def test_missing_directory_says_so(tmp_path):
 
 def test_remote_code_needs_consent(tiny_checkpoints):
     with pytest.raises(CheckpointError, match="trust_remote_code=True"):
-        load_denoiser(tiny_checkpoints["llada"])
+        load_denoiser(tiny_checkpoints["remote"])
+    load_denoiser(tiny_checkpoints["llada"])  # LLaDA runs on emdm's Llama backbone: no remote code to trust
 
 
 def test_checkpoint_without_mask_token_says_so(tmp_path):

@@ -18,6 +18,8 @@ from emdm_core.registry import Registry
 
 from ..rng import CounterRNG
 
+_STREAM_ORDER_NOISE = 5  # rng stream of the ordering noise (0-4: proposals, orders, surprise, remdm)
+
 
 @dataclass
 class StepContext:
@@ -25,9 +27,9 @@ class StepContext:
 
     step: int  # global step index (the same for a row in any batch)
     x: torch.Tensor  # [B, W] current tokens
-    logits: torch.Tensor  # [B, W, V] the model's logits (the mask token excluded: -inf)
+    dense_logits: Callable[[], torch.Tensor]  # builds `logits` on demand (most strategies never need it)
     scored: torch.Tensor  # [B, W] bool: positions whose proposals and statistics are computed (see below)
-    flat_logits: torch.Tensor  # [N, V] float32 logits of the scored positions, row-major
+    flat_logits: torch.Tensor  # [N, V] float32 logits of the scored positions, row-major (mask token: lowest float)
     flat_log_z: torch.Tensor  # [N] their logsumexp
     x0: torch.Tensor  # [B, W] proposed tokens (argmax, or sampled at `temperature`; the current token elsewhere)
     p_x0: torch.Tensor  # [B, W] probability of the proposed token (0 where not scored)
@@ -46,6 +48,13 @@ class StepContext:
     rows: torch.Tensor | None = None  # [B] indices of these rows in the whole batch (finished rows drop out)
     batch_size: int = 0  # rows in the whole batch
     state: dict[str, torch.Tensor] = field(default_factory=dict)  # the strategy's memory, whole-batch tensors
+    order_noise: float = 0.0  # Gumbel noise coefficient on the ordering score (SamplerConfig.order_noise)
+
+    @cached_property
+    def logits(self) -> torch.Tensor:
+        """[B, W, V] the model's logits (the mask token excluded: -inf); with a KV cache, only the columns the pass
+        computed (each row's current block at least) hold logits, the others 0."""
+        return self.dense_logits()
 
     def load(self, name: str, like: torch.Tensor, fill: float | bool | int = 0) -> torch.Tensor:
         """This step's rows of a per-row state tensor shaped like `like` (created with `fill` on first use)."""
@@ -59,7 +68,8 @@ class StepContext:
         self.state[name][self.rows] = value
 
     # Vocabulary-wide work is done only at the scored positions: the eligible ones (those a strategy can reveal
-    # this step), or every masked one for remasking strategies. Values elsewhere are 0 and never selected.
+    # this step), or every masked one for the rows whose strategy asks for it (`needs_all_masked`). Values
+    # elsewhere are 0 and never selected.
     def scatter(self, values: torch.Tensor) -> torch.Tensor:
         """Place per-scored-position values [N, ...] into a zero tensor [B, W, ...]."""
         out = values.new_zeros((*self.scored.shape, *values.shape[1:]))
@@ -86,11 +96,15 @@ class StepContext:
         return self.scatter(torch.exp(self.flat_logits.topk(k, dim=-1).values - self.flat_log_z.unsqueeze(-1)))
 
     def entropy(self) -> torch.Tensor:
-        """[B, W] predictive entropy in nats."""
-        return self.scatter(torch.special.entr(self.flat_probs).sum(-1))
+        """[B, W] predictive entropy in nats: H = log Z - sum_v p_v l_v, one pass over the vocabulary."""
+        return self.scatter(self.flat_log_z - (self.flat_probs * self.flat_logits).sum(-1))
 
     def select(self, scores: torch.Tensor) -> torch.Tensor:
-        """Reveal the top-`k` eligible positions by `scores` (or, with a threshold, all confident ones)."""
+        """Reveal the top-`k` eligible positions by `scores` (or, with a threshold, all confident ones). With
+        `order_noise` c > 0 the ranking is by scores + c * Gumbel: the top-k is then a draw without replacement
+        from softmax(scores / c) (how Dream's alg_temp and Kim et al.'s noisy ordering pick positions)."""
+        if self.order_noise > 0:
+            scores = scores.double() + self.order_noise * self.gumbel(_STREAM_ORDER_NOISE)
         scores = scores.masked_fill(~self.eligible, float("-inf"))
         order = scores.argsort(dim=-1, descending=True, stable=True)
         rank = order.argsort(dim=-1)
@@ -101,11 +115,11 @@ class StepContext:
 
     def uniform(self, stream: int) -> torch.Tensor:
         """Per-row counter-based uniforms for this step, [B, W]."""
-        return self.rng.uniform(self.step, stream).to(self.logits.device)
+        return self.rng.uniform(self.step, stream).to(self.x.device)
 
     def gumbel(self, stream: int) -> torch.Tensor:
         """Per-row counter-based Gumbel noise for this step, [B, W]."""
-        return self.rng.gumbel(self.step, stream).to(self.logits.device)
+        return self.rng.gumbel(self.step, stream).to(self.x.device)
 
 
 @dataclass
@@ -135,6 +149,11 @@ class Strategy:
     def extra_steps(self) -> int:
         """Forward passes this strategy may take beyond the reveal schedule (e.g. Gibbs sweeps)."""
         return 0
+
+    def needs_all_masked(self, state: dict[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor | None:
+        """[b] bool: rows whose next step needs proposals at every masked position, not only at the current
+        block's (such a row's pass sees the whole sequence fresh under a KV cache); None: no row."""
+        return None
 
     def score(self, ctx: StepContext) -> torch.Tensor:
         """[B, W] priority of each position: the highest eligible ones are revealed first."""

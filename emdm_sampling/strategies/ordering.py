@@ -83,7 +83,7 @@ class Surprise(Strategy):
         if ctx.surprise is None:
             raise ConfigError("sampler=surprise needs the checkpoint's surprise table (surprise.safetensors beside "
                               "config.json); fine-tune with emdm_train, which saves one, or choose another sampler")
-        s = ctx.surprise.to(ctx.logits.device)[ctx.x0].double()
+        s = ctx.surprise.to(ctx.x.device)[ctx.x0].double()
         if self.opt["surprise_direction"] == "low_first":
             s = -s
         return s / float(self.opt["surprise_temperature"]) + ctx.gumbel(_STREAM_SURPRISE)

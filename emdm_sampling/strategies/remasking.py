@@ -87,6 +87,10 @@ class EAGS(Strategy):
     def extra_steps(self) -> int:
         return int(self.opt["gibbs_steps"])
 
+    def needs_all_masked(self, state: dict[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor | None:
+        # a Gibbs sweep re-samples masked positions anywhere in the generation
+        return state["sweeping"][rows] if "sweeping" in state else None
+
     def step(self, ctx: StepContext) -> StepResult:
         long_rows = ctx.k
         sweeps = ctx.load("sweeps", long_rows, 0)

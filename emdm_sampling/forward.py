@@ -1,0 +1,157 @@
+"""Step 4 of the loop: the model's logits for a pass, without or with a KV cache (`SamplerConfig.cache`).
+
+- `none`: every pass runs the whole sequence (the rows still decoding).
+- `prefix` / `dual` (Fast-dLLM's caches, approximate for bidirectional models): when a row enters a block, one
+  full pass refreshes the keys/values of its whole sequence; until the block is done, `prefix` recomputes the
+  block and everything after it (attending to the cached prompt and earlier blocks), `dual` only the block
+  (attending to the cached rest on both sides).
+- `exact` (block-causal models: a position sees only its own block and earlier ones): the keys/values of finished
+  blocks are final, so they are computed once (on the pass that enters the next block) and cached; every pass
+  recomputes only the current block. The result equals `none` token for token.
+- `auto`: `exact` for block-causal models, `none` otherwise.
+
+Everything is per row (rows enter blocks at different passes under threshold decoding): rows that refresh run in
+one full pass, the others in one windowed pass whose per-row `recompute` mask keeps each row's own semantics, so a
+row decodes the same whatever its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from emdm_core.errors import ConfigError
+
+CACHE_MODES = ("auto", "none", "prefix", "dual", "exact")
+
+
+@dataclass
+class Logits:
+    """A pass's logits for the decoding window: `values` [b, end - start, V] hold window columns start:end (the
+    columns the pass computed); positions outside it were not computed."""
+
+    values: torch.Tensor
+    start: int  # first window column held
+    width: int  # window width (all columns)
+
+    def at(self, positions: torch.Tensor) -> torch.Tensor:
+        """[N, V] logits at the True entries of `positions` [b, width] (which must lie in the held columns)."""
+        held = positions[:, self.start:self.start + self.values.shape[1]]
+        if held.sum() != positions.sum():
+            raise RuntimeError("a strategy asked for logits outside the columns this pass computed")
+        return self.values[held]
+
+    def dense(self) -> torch.Tensor:
+        """[b, width, V] with the columns that were not computed set to 0."""
+        if self.start == 0 and self.values.shape[1] == self.width:
+            return self.values
+        out = self.values.new_zeros((self.values.shape[0], self.width, self.values.shape[2]))
+        out[:, self.start:self.start + self.values.shape[1]] = self.values
+        return out
+
+
+class ModelForward:
+    """The forward passes of one `generate` call (see the module docstring)."""
+
+    def __init__(self, denoiser, canvas, mode: str):
+        block_causal = getattr(denoiser, "block_size", None) is not None
+        if mode == "auto":
+            mode = "exact" if block_causal else "none"
+        if mode != "none" and not getattr(denoiser, "supports_cache", False):
+            raise ConfigError(f"cache={mode} needs a model family with a KV cache (llada, dream, sdar, a2d); the "
+                              f"{denoiser.name} adapter recomputes every pass: use cache=none")
+        if mode == "exact" and not block_causal:
+            raise ConfigError("cache=exact needs a block-causal model (sdar); for a bidirectional model use "
+                              "cache=prefix or cache=dual (Fast-dLLM's approximate caches) or cache=none")
+        if block_causal and mode in ("prefix", "dual"):
+            mode = "exact"  # with block-causal attention the cache is exact: prefix and dual mean the same
+        self.denoiser, self.canvas, self.mode = denoiser, canvas, mode
+        batch, length = canvas.tokens.shape
+        self.cache = denoiser.new_cache(batch, length) if mode != "none" else None
+        self.stored_upto = canvas.padding.clone()  # exact: columns before this hold final cached keys/values
+        self.full_passes = 0
+        self.partial_passes = 0
+
+    def __call__(self, rows: torch.Tensor, block_start: torch.Tensor, block_end: torch.Tensor,
+                 refresh: torch.Tensor) -> list[tuple[torch.Tensor, Logits]]:
+        """Logits for `rows` (indices into the batch) of this pass: a list of (row positions within `rows`,
+        their `Logits`). `block_start` / `block_end` [b] are each row's current block columns (canvas columns),
+        `refresh` [b] the rows that must see the whole sequence fresh (entering a block, or a strategy that needs
+        logits outside the block)."""
+        canvas = self.canvas
+        if self.mode == "none":
+            self.full_passes += 1
+            logits = self.denoiser.logits(canvas.tokens[rows], canvas.attention[rows])
+            return [(torch.arange(len(rows), device=rows.device), Logits(canvas.window(logits), 0,
+                                                                       logits.shape[1] - canvas.start))]
+        if self.mode == "exact":
+            return [(torch.arange(len(rows), device=rows.device),
+                     self._exact(rows, block_start, block_end, refresh))]
+        out = []
+        for group in (refresh, ~refresh):
+            index = group.nonzero().flatten()
+            if len(index):
+                out.append((index, self._approximate(rows[index], block_start[index], block_end[index],
+                                                     full=group is refresh)))
+        return out
+
+    def _columns(self, start: int, end: int, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """[b, end - start] bool: lo[r] <= column < hi[r]."""
+        col = torch.arange(start, end, device=lo.device).unsqueeze(0)
+        return (col >= lo.unsqueeze(1)) & (col < hi.unsqueeze(1))
+
+    def _approximate(self, rows: torch.Tensor, block_start: torch.Tensor, block_end: torch.Tensor,
+                     full: bool) -> Logits:
+        canvas, length = self.canvas, self.canvas.tokens.shape[1]
+        tokens, attention = canvas.tokens[rows], canvas.attention[rows]
+        if full:  # refresh: the whole sequence, every key/value fresh and stored
+            start, end = 0, length
+            recompute = torch.ones((len(rows), length), dtype=torch.bool, device=tokens.device)
+            store = recompute
+            self.full_passes += 1
+        else:
+            hi = torch.full_like(block_end, length) if self.mode == "prefix" else block_end
+            start, end = int(block_start.min()), int(hi.max())
+            recompute = self._columns(start, end, block_start, hi)
+            store = torch.zeros_like(recompute)
+            self.partial_passes += 1
+        values = self.denoiser.window_logits(tokens, attention, rows, start, end, self.cache, recompute, store)
+        return self._in_window(values, start)
+
+    def _exact(self, rows: torch.Tensor, block_start: torch.Tensor, block_end: torch.Tensor,
+               refresh: torch.Tensor) -> Logits:
+        canvas = self.canvas
+        tokens, attention = canvas.tokens[rows], canvas.attention[rows]
+        stored = self.stored_upto[rows]
+        # a row that needs proposals beyond its block (a Gibbs sweep) computes everything after its cache
+        hi = torch.where(refresh, torch.full_like(block_end, canvas.tokens.shape[1]), block_end)
+        start, end = int(stored.min()), int(hi.max())
+        recompute = self._columns(start, end, stored, hi)
+        store = self._columns(start, end, stored, block_start)  # final, not yet cached: the blocks just finished
+        values = self.denoiser.window_logits(tokens, attention, rows, start, end, self.cache, recompute, store)
+        self.stored_upto[rows] = torch.maximum(stored, block_start)
+        if bool((stored < block_start).any()):
+            self.full_passes += 1
+        else:
+            self.partial_passes += 1
+        return self._in_window(values, start)
+
+    def invalidate(self, rows: torch.Tensor | slice, remasked: torch.Tensor) -> None:
+        """Positions re-masked after their block was cached are not final any more: recompute from there."""
+        if self.mode != "exact" or not bool(remasked.any()):
+            return
+        col = torch.arange(remasked.shape[1], device=remasked.device) + self.canvas.start
+        first = torch.where(remasked, col, torch.full_like(col, self.canvas.tokens.shape[1])).min(1).values
+        # the whole attention block of that position changes (positions of a block see each other)
+        padding = self.canvas.padding[rows]
+        block = self.denoiser.block_size
+        block_start = padding + torch.div(first - padding, block, rounding_mode="floor") * block
+        self.stored_upto[rows] = torch.minimum(self.stored_upto[rows], block_start)
+
+    def _in_window(self, values: torch.Tensor, start: int) -> Logits:
+        """Columns start:end of the sequence as columns of the decoding window (dropping the prompt before it)."""
+        canvas = self.canvas
+        width = canvas.tokens.shape[1] - canvas.start
+        cut = max(canvas.start - start, 0)
+        return Logits(values[:, cut:], max(start - canvas.start, 0), width)
