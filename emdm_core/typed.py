@@ -153,7 +153,9 @@ def hints(cls: type) -> dict[str, Any]:
 
 
 def field_problem(f: dataclasses.Field, value: Any) -> str | None:
-    """What is wrong with `value` for field `f` (choices, then its check), or None."""
+    """What is wrong with `value` for field `f` (a non-finite float, choices, then its check), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "is not a finite number; give a finite value"
     choices = f.metadata.get("choices")
     if choices and value is not None and value not in choices:
         return f"is unknown; use one of {', '.join(map(str, choices))}"

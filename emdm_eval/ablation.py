@@ -11,6 +11,10 @@ Each grid point is one `lm_eval.simple_evaluate` call on the same `EMDMLM` (its 
   document is a puzzle). Grid points already in the CSV (same checkpoint, tasks, limit, seed, model args,
   sampler, steps, options) are skipped, so an interrupted run resumes where it stopped;
 * `results.md`: the same as a Markdown table;
+* `outcomes.jsonl`: every document's metrics at every grid point (a later analysis needs no re-run);
+* `paired.csv` and the "Paired comparisons" section of `results.md`: every two samplers at the same steps and
+  options (`--all-pairs`: every two grid points) on the same documents, per task and 0/1 metric: both / only-A /
+  only-B / neither, the difference of the rates with a 95% paired interval and the exact McNemar p-value;
 * `accuracy_vs_steps.png`: the `--metric` (default: the first metric of the first task) against steps, one line
   per sampler (and per option set without a threshold); threshold (parallel decoding) rows are single markers
   at their measured forward passes per document.
@@ -259,13 +263,16 @@ def pick_metric(rows: Sequence[dict[str, Any]], wanted: str | None) -> str:
 
 
 def write_reports(out: Path, rows: list[dict[str, Any]], metric: str | None, title: str = "",
-                  cached: Sequence[dict[str, Any]] = ()) -> str:
-    """Write results.csv (rows, then other `cached` rows), results.md and accuracy_vs_steps.png (rows only).
-
-    Returns the plotted metric column.
+                  cached: Sequence[dict[str, Any]] = (), all_pairs: bool = False) -> str:
+    """Write results.csv (rows, then other `cached` rows), paired.csv, results.md and accuracy_vs_steps.png
+    (rows only). Returns the plotted metric column.
     """
+    from .paired import OUTCOMES_NAME, PAIRED_NAME, paired_markdown, paired_rows, read_outcomes, write_paired_csv
+
     write_rows(out / CSV_NAME, [*rows, *cached])
-    (out / MD_NAME).write_text(markdown_table(rows))
+    pairs = paired_rows(rows, read_outcomes(out / OUTCOMES_NAME), all_pairs)
+    write_paired_csv(out / PAIRED_NAME, pairs)
+    (out / MD_NAME).write_text(markdown_table(rows) + ("\n" + paired_markdown(pairs) if pairs else ""))
     column = pick_metric(rows, metric)
     try:
         plot(rows, column, out / PNG_NAME, title)
@@ -304,6 +311,7 @@ def run(args: argparse.Namespace) -> Path:
     from tqdm import tqdm
 
     from .model import MODEL_ARGS, EMDMLM
+    from .paired import OUTCOMES_NAME, append_outcomes, document_outcomes
     from .registration import register
 
     if args.threads:
@@ -335,19 +343,21 @@ def run(args: argparse.Namespace) -> Path:
             lm.configure_sampler(**{**sampler_defaults, **point.sampler_kwargs()})
             start = time.perf_counter()
             results = evaluator.simple_evaluate(
-                model=lm, tasks=list(args.tasks), limit=args.limit, task_manager=tm, log_samples=False,
+                model=lm, tasks=list(args.tasks), limit=args.limit, task_manager=tm, log_samples=True,
                 bootstrap_iters=args.bootstrap_iters, random_seed=0, numpy_random_seed=args.seed,
                 torch_random_seed=args.seed, fewshot_random_seed=args.seed, verbosity="WARNING")
             row = {**base, "sampler": point.sampler, "steps": point.steps, "options": point.options_text,
                    **flatten_results(results, args.tasks), **cost_columns(results, time.perf_counter() - start)}
+            append_outcomes(out / OUTCOMES_NAME, row, document_outcomes(results))
             rows.append(row)
             write_rows(out / CSV_NAME, rows)  # after every point: an interrupted run resumes from here
         bar.close()
     mine, others = _split_by_grid(rows, points, base)
-    column = write_reports(out, mine, args.metric, f"{Path(args.pretrained).name}: {','.join(args.tasks)}", others)
-    print(markdown_table(mine), end="")
-    print(f"wrote {out / CSV_NAME}, {out / MD_NAME}, {out / PNG_NAME} (plotted {column}; {len(todo)} new, "
-          f"{len(points) - len(todo)} cached grid points)")
+    column = write_reports(out, mine, args.metric, f"{Path(args.pretrained).name}: {','.join(args.tasks)}", others,
+                           args.all_pairs)
+    print((out / MD_NAME).read_text(), end="")
+    print(f"wrote {out / CSV_NAME}, {out / MD_NAME}, paired.csv, outcomes.jsonl, {out / PNG_NAME} (plotted "
+          f"{column}; {len(todo)} new, {len(points) - len(todo)} cached grid points)")
     return out
 
 
@@ -377,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--option", action="append", metavar="K=V[,K=V]",
                     help="an extra option set on the grid's options axis (repeat for more), e.g. threshold=0.9")
     ap.add_argument("--no-baseline", action="store_true", help="leave the 'no options' set out of the grid")
+    ap.add_argument("--all-pairs", action="store_true",
+                    help="paired comparisons of every two grid points (default: samplers at the same steps/options)")
     ap.add_argument("--model-args", default="", help="k=v,... for every grid point (model or sampler arguments)")
     ap.add_argument("--limit", type=_limit, default=None, help="documents per task (or a fraction < 1)")
     ap.add_argument("--metric", default=None, help="metric to plot (default: the first metric of the first task)")

@@ -5,8 +5,15 @@ continuation's tokens chosen uniformly at random, runs the denoiser once and sum
 tokens; the draw's estimate of -log p(continuation | context) is that sum times L / l. The result is minus the mean
 over `mc_num` draws, a lower bound on the log-likelihood (exact in expectation for the ELBO).
 
-As in LLaDA's `eval_llada.py`, the l of the draws are stratified: l_j = ((k + j * L / n) rounded - 1) mod L + 1
-for a random offset k, so every l is marginally uniform on {1..L} while the draws cover the range evenly.
+The l of the draws are stratified (`counts="uniform"`, the default): with one continuous offset U ~ U[0, L),
+l_j = floor((U + j L / n) mod L) + 1, so every l_j is exactly uniform on {1..L} (for any n) while the n draws cover
+the range evenly. `counts="llada"` reproduces LLaDA's `eval_llada.py` instead: per batch of b draws, an integer
+k ~ U{1..L} and l_j = ((round(k + j L / b) - 1) mod L) + 1, whose rounding (half to even) makes l not quite
+uniform and the estimate depend on b (LLaDA's batch size; here `llada_batch`), e.g. P(l) = .1875/.3125/.1875/.3125
+for L = 4, b = 16: for comparing with LLaDA's published likelihoods.
+
+With `cfg_scale` s > 0 each pass also runs the draws with the context masked (LLaDA's classifier-free guidance):
+logits = u + (s + 1) (c - u).
 
 All randomness comes from a CPU `torch.Generator` seeded by the caller (one seed per request), and the draws of
 one request are computed in forward passes that hold that request only (`rows` at a time), so a request's value
@@ -22,16 +29,43 @@ import torch
 
 
 
-def stratified_mask_counts(length: int, n: int, generator: torch.Generator) -> torch.Tensor:
-    """n mask counts in {1..length}, each marginally uniform, spread evenly (LLaDA's stratification)."""
-    k = int(torch.randint(1, length + 1, (), generator=generator))
-    x = torch.round(torch.linspace(float(k), k + (n - 1) * (length / n), steps=n, dtype=torch.float64)).long()
-    return ((x - 1) % length) + 1
+COUNT_SCHEMES = ("uniform", "llada")
 
 
-def draw_masks(length: int, n: int, generator: torch.Generator) -> torch.Tensor:
+def stratified_mask_counts(length: int, n: int, generator: torch.Generator, scheme: str = "uniform",
+                           llada_batch: int = 16) -> torch.Tensor:
+    """n mask counts in {1..length}, spread evenly over the range (see the module docstring for the schemes)."""
+    if scheme == "uniform":
+        offset = torch.rand((), generator=generator, dtype=torch.float64) * length
+        x = (offset + torch.arange(n, dtype=torch.float64) * (length / n)) % length
+        return x.floor().long().clamp(max=length - 1) + 1
+    if scheme != "llada":
+        raise ValueError(f"unknown mask-count scheme {scheme!r}; use one of {', '.join(COUNT_SCHEMES)}")
+    parts = []
+    for start in range(0, n, llada_batch):
+        b = min(llada_batch, n - start)
+        k = int(torch.randint(1, length + 1, (), generator=generator))
+        x = torch.round(torch.linspace(float(k), k + (b - 1) * (length / b), steps=b, dtype=torch.float64)).long()
+        parts.append(((x - 1) % length) + 1)
+    return torch.cat(parts)
+
+
+def mask_count_distribution(length: int, n: int) -> torch.Tensor:
+    """[n, length] exact P(l_j = v) of the `uniform` scheme (each row sums to 1), by integrating over the offset."""
+    out = torch.zeros(n, length, dtype=torch.float64)
+    for j in range(n):
+        shift = j * length / n
+        # l = v where (U + shift) mod L lies in [v - 1, v): U in [v - 1 - shift, v - shift) mod L, U ~ U[0, L)
+        for v in range(1, length + 1):
+            lo, hi = (v - 1 - shift) % length, (v - shift) % length
+            out[j, v - 1] = (hi - lo if hi > lo else length - lo + hi) / length
+    return out
+
+
+def draw_masks(length: int, n: int, generator: torch.Generator, scheme: str = "uniform",
+               llada_batch: int = 16) -> torch.Tensor:
     """[n, length] bool: row j masks l_j positions chosen uniformly at random."""
-    counts = stratified_mask_counts(length, n, generator)
+    counts = stratified_mask_counts(length, n, generator, scheme, llada_batch)
     # A random permutation per row via argsort of uniforms (one draw for all rows, same stream on any device).
     ranks = torch.rand(n, length, generator=generator, dtype=torch.float64).argsort(dim=1).argsort(dim=1)
     return ranks < counts.unsqueeze(1)
@@ -54,12 +88,14 @@ def elbo_loglikelihood(
     seed: int,
     rows: int | None = None,
     greedy_row: bool = True,
+    scheme: str = "uniform",
+    cfg_scale: float = 0.0,
 ) -> ELBOResult:
     """MC ELBO of `continuation` given `context` (token id lists) with `mc_num` draws.
 
-    `rows` caps the rows of one forward pass (default: all draws, plus the greedy row, in one pass). With
-    `greedy_row`, one extra row with the whole continuation masked tells whether every continuation token is the
-    model's argmax there (`is_greedy`).
+    `rows` caps the rows of one forward pass (default: all draws, plus the greedy row, in one pass); with the
+    `llada` scheme it is also LLaDA's batch of draws. With `greedy_row`, one extra row with the whole continuation
+    masked tells whether every continuation token is the model's argmax there (`is_greedy`).
     """
     L = len(continuation)
     if L == 0:
@@ -68,7 +104,7 @@ def elbo_loglikelihood(
         raise ValueError("mc_num must be >= 1")
     gen = torch.Generator(device="cpu")
     gen.manual_seed(int(seed) & ((1 << 63) - 1))
-    masks = draw_masks(L, mc_num, gen)  # [mc, L]
+    masks = draw_masks(L, mc_num, gen, scheme, rows or mc_num)  # [mc, L]
     weights = L / masks.sum(dim=1).double()  # L / l_j
     if greedy_row:
         masks = torch.cat([torch.ones(1, L, dtype=torch.bool), masks], dim=0)
@@ -88,7 +124,14 @@ def elbo_loglikelihood(
         b = m.shape[0]
         noisy_cont = torch.where(m, torch.full_like(cont, mask_id).expand(b, L), cont.expand(b, L))
         seq = torch.cat([ctx.expand(b, len(ctx)), noisy_cont], dim=1)
-        logits = denoiser.logits(seq.to(device), torch.ones_like(seq).to(device))  # [b, T, V]
+        if cfg_scale > 0:  # LLaDA's guidance: the same draws with the context masked, in the same pass
+            uncond = torch.cat([torch.full_like(seq[:, :len(ctx)], mask_id), noisy_cont], dim=1)
+            both = denoiser.logits(torch.cat([seq, uncond]).to(device), torch.ones(2 * b, seq.shape[1],
+                                                                                  dtype=torch.long, device=device))
+            cond_logits, uncond_logits = both.chunk(2)
+            logits = uncond_logits + (cfg_scale + 1) * (cond_logits - uncond_logits)
+        else:
+            logits = denoiser.logits(seq.to(device), torch.ones_like(seq).to(device))  # [b, T, V]
         passes += 1
         cont_logits = logits[:, len(ctx):, :].float()
         logp = torch.log_softmax(cont_logits, dim=-1)  # [b, L, V]

@@ -71,7 +71,11 @@ class EMDMArgs:
                                check=at_least(0))
     gen_length: int | None = option(None, "force this generation length on every request", check=at_least(0))
     mc_num: int = option(128, "Monte Carlo draws per loglikelihood request and rolling window", check=at_least(1))
-    mc_batch_size: int | None = option(32, "rows per forward pass for those draws", check=at_least(1))
+    mc_batch_size: int | None = option(32, "rows per forward pass for those draws (and LLaDA's batch of draws with "
+                                           "mc_counts=llada)", check=at_least(1))
+    mc_counts: str = option("uniform", "how the draws' mask counts are stratified: uniform (exactly uniform on "
+                                       "1..L) or llada (eval_llada.py's rounding, for its published numbers)",
+                            choices=("uniform", "llada"))
     greedy: str = option("onepass", "how is_greedy is computed", choices=("onepass", "decode", "off"))
     truncation: str = option("error", "a too long prompt is an error, or loses its oldest tokens (left)",
                              choices=("error", "left"))
@@ -110,6 +114,13 @@ def parse_model_args(kwargs: Mapping[str, Any], config_class: type = SamplerConf
     if args.pretrained in (None, ""):
         raise ConfigError("emdm needs a checkpoint: pass --model_args pretrained=<checkpoint directory or Hub id>")
     return args, config_class.from_kwargs(**kwargs)
+
+
+def _hf_generation_arguments() -> set[str]:
+    """Names transformers' `generate` takes (top_p, num_beams, ...): tasks set them; emdm ignores them."""
+    from transformers import GenerationConfig
+
+    return set(GenerationConfig().to_dict()) | {"max_new_tokens", "min_new_tokens"}
 
 
 def _launched_world_size() -> int:
@@ -337,7 +348,8 @@ class EMDMLM(TemplateLM):
             # share their mask draws (common random numbers), which makes their comparison less noisy.
             seed = stable_seed(self.seed, "loglikelihood", context_str, len(continuation))
             res = elbo_loglikelihood(self.denoiser, context, continuation, self.mc_num, seed,
-                                     rows=self.mc_batch_size, greedy_row=self.greedy == "onepass")
+                                     rows=self.mc_batch_size, greedy_row=self.greedy == "onepass",
+                                     scheme=self.args.mc_counts, cfg_scale=self.sampler_config.cfg_scale)
             if self.greedy == "decode":
                 is_greedy = self._greedy_decode(context, continuation)
             else:
@@ -374,7 +386,8 @@ class EMDMLM(TemplateLM):
             for i, (context, pred) in enumerate(windows):
                 seed = stable_seed(self.seed, "rolling", string, i)
                 res = elbo_loglikelihood(self.denoiser, context, pred, self.mc_num, seed, rows=self.mc_batch_size,
-                                         greedy_row=False)
+                                         greedy_row=False, scheme=self.args.mc_counts,
+                                         cfg_scale=self.sampler_config.cfg_scale)
                 total += res.logprob
                 stats["windows"] += 1
             out.append(total)
@@ -411,6 +424,11 @@ class EMDMLM(TemplateLM):
                 continue
             if key not in self.config_class.PER_REQUEST and self.config_class.accepts(key, sampler):
                 overrides[key] = value
+            elif key not in _hf_generation_arguments():
+                raise ConfigError(
+                    f"unknown generation argument {key!r} (--gen_kwargs or the task's generation_kwargs); emdm takes "
+                    f"until, max_gen_toks, do_sample, temperature and the sampler arguments: "
+                    f"{', '.join(self.config_class.field_names())}")
             elif key not in self._warned:
                 self._warned.add(key)
                 eval_logger.warning(f"emdm: generation argument {key}={value!r} has no meaning for a masked "

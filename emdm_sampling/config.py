@@ -53,11 +53,28 @@ class SamplerConfig:
     order_noise: float = option(0.0, "Gumbel noise on the ordering score: positions are ranked by score + c * Gumbel "
                                      "(Kim et al.'s coefficient; Dream's alg_temp = sampling the order from "
                                      "softmax(score / c)); 0 = deterministic order", check=at_least(0))
+    order_noise_decay: str = option("none", "how order_noise shrinks over a block's steps: none, linear ((S-1-j)/S: "
+                                            "Ye et al.'s stochastic top-k) or cosine",
+                                    choices=("none", "linear", "cosine"))
+    topk_remask: str = option("off", "Ye et al.'s re-masking top-k decoder around the sampler's score: every step "
+                                     "predicts every position of the block, keeps the n - floor(n * rate) best and "
+                                     "re-masks the rest, revealed cells included; rate over the block's steps: "
+                                     "linear ((S-1-j)/S) or cosine; off = reveal-only decoding",
+                              choices=("off", "linear", "cosine"))
     cache: str = option("auto", "KV cache: none (recompute every pass), prefix / dual (Fast-dLLM's approximate "
                                 "caches), exact (block-causal models), auto (exact where it is, else none)",
                         choices=("auto", "none", "prefix", "dual", "exact"))
-    stop_at_eos: bool = option(True, "once EOS is revealed, the generated masks after it become EOS and need no "
-                                     "forward passes")
+    stop_at_eos: bool = option(False, "speed option: once EOS is revealed, the generated masks after it become EOS "
+                                      "and are not decoded (saves passes, but the model then sees EOS where the "
+                                      "references still have masks); off = decode every position and cut the "
+                                      "output at the first EOS, as LLaDA's and Dream's evaluations do")
+    cfg_scale: float = option(0.0, "classifier-free guidance (LLaDA): logits = u + (s + 1)(c - u), with u from a "
+                                   "pass with the prompt masked, batched with the conditional one; 0 = off",
+                              check=at_least(0))
+    logits_eos_inf: bool = option(False, "LLaDA's logits_eos_inf: EOS is never proposed (its logit set to -inf)")
+    confidence_eos_eot_inf: bool = option(False, "LLaDA's confidence_eos_eot_inf, as its generate.py computes it: "
+                                                 "the confidence p(x0) is taken with the EOT token's logit at -inf "
+                                                 "(a proposed EOT gets confidence 0, the others renormalise)")
     seed: int = option(0, "default per-row seed (each row draws counter-based randomness from its own seed)")
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the strategy's own options
 
@@ -77,6 +94,15 @@ class SamplerConfig:
             raise ConfigError(f"unknown option(s) {', '.join(unknown)} for sampler {self.sampler!r}; its options: "
                               f"{', '.join(sorted(strategy.options)) or 'none'}")
         strategy.check_options({**strategy.options, **self.options})
+        if self.topk_remask != "off":
+            from .strategies import Strategy
+
+            if strategy.step is not Strategy.step or strategy.extra_steps is not Strategy.extra_steps:
+                raise ConfigError(f"topk_remask wraps a strategy's score; sampler {self.sampler!r} has its own update "
+                                  f"rule: use vanilla, top_prob, margin, entropy, low_confidence_remask or surprise")
+            if self.threshold is not None:
+                raise ConfigError("topk_remask sets how many positions each step keeps; drop threshold (it is for "
+                                  "reveal-only decoding)")
 
     @property
     def strategy_class(self) -> Any:

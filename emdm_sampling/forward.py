@@ -54,7 +54,7 @@ class Logits:
 class ModelForward:
     """The forward passes of one `generate` call (see the module docstring)."""
 
-    def __init__(self, denoiser, canvas, mode: str):
+    def __init__(self, denoiser, canvas, mode: str, cfg_scale: float = 0.0):
         block_causal = getattr(denoiser, "block_size", None) is not None
         if mode == "auto":
             mode = "exact" if block_causal else "none"
@@ -66,7 +66,12 @@ class ModelForward:
                               "cache=prefix or cache=dual (Fast-dLLM's approximate caches) or cache=none")
         if block_causal and mode in ("prefix", "dual"):
             mode = "exact"  # with block-causal attention the cache is exact: prefix and dual mean the same
-        self.denoiser, self.canvas, self.mode = denoiser, canvas, mode
+        if cfg_scale > 0 and mode != "none":
+            raise ConfigError(f"cfg_scale needs cache=none (the unconditional pass has its own keys and values); "
+                              f"got cache={mode}")
+        self.denoiser, self.canvas, self.mode, self.cfg_scale = denoiser, canvas, mode, cfg_scale
+        # classifier-free guidance: the unconditional input has every prompt token masked (LLaDA's prompt_index)
+        self.prompt = canvas.attention & ~canvas.fill
         batch, length = canvas.tokens.shape
         self.cache = denoiser.new_cache(batch, length) if mode != "none" else None
         self.stored_upto = canvas.padding.clone()  # exact: columns before this hold final cached keys/values
@@ -82,7 +87,14 @@ class ModelForward:
         canvas = self.canvas
         if self.mode == "none":
             self.full_passes += 1
-            logits = self.denoiser.logits(canvas.tokens[rows], canvas.attention[rows])
+            tokens, attention = canvas.tokens[rows], canvas.attention[rows]
+            if self.cfg_scale > 0:  # one batched pass: conditional rows, then the same rows with the prompt masked
+                unconditional = tokens.masked_fill(self.prompt[rows], self.denoiser.mask_token_id)
+                both = self.denoiser.logits(torch.cat([tokens, unconditional]), torch.cat([attention, attention]))
+                conditional, uncond = both.chunk(2)
+                logits = uncond + (self.cfg_scale + 1) * (conditional - uncond)
+            else:
+                logits = self.denoiser.logits(tokens, attention)
             return [(torch.arange(len(rows), device=rows.device), Logits(canvas.window(logits), 0,
                                                                        logits.shape[1] - canvas.start))]
         if self.mode == "exact":

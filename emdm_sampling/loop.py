@@ -26,6 +26,7 @@ from .forward import Logits, ModelForward
 from .rng import CounterRNG, fold_seed
 from .schedules import get_schedule, reveal_counts
 from .strategies import StepContext
+from .strategies.remasking import TopKRemaskDecoder
 from .trace import Trace
 
 _FAR = 1 << 40  # block id of positions that are never decoded
@@ -211,6 +212,8 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
     elif kwargs:
         raise ConfigError(f"pass either config or keyword options, not both (got {', '.join(kwargs)})")
     strategy = config.strategy_class(config.options)
+    if config.topk_remask != "off":
+        strategy = TopKRemaskDecoder(strategy, config.topk_remask)
     schedule = get_schedule(config.schedule)
     rows = _as_rows(prompts)
     mask_id = denoiser.mask_token_id
@@ -239,7 +242,12 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
     # === 2. block state, forward passes (with or without cache), randomness, per-row memory ===
     positions = canvas.window(canvas.positions())
     blocks = BlockState.build(fill, config, positions, aligned=attention_block)
-    forward = ModelForward(denoiser, canvas, config.cache)
+    if config.steps < int(blocks.n_blocks.max()):  # every block takes at least one pass
+        raise ConfigError(f"steps={config.steps} is fewer than the {int(blocks.n_blocks.max())} blocks to decode "
+                          f"(gen_length {config.gen_length}, block_length {config.block_length or attention_block}); "
+                          f"give steps >= {int(blocks.n_blocks.max())} or a longer block_length")
+    forward = ModelForward(denoiser, canvas, config.cache, config.cfg_scale)
+    eos_id, eot_id = denoiser.eos_token_id, _eot_id(denoiser)
     row_seeds = seeds if seeds is not None else [config.seed] * batch
     rng = CounterRNG(torch.tensor([fold_seed(s) for s in row_seeds], device=tokens.device), positions)
     surprise = _surprise_for(denoiser)
@@ -265,50 +273,55 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
         in_block = blocks.advance(masked)
         rows_now = active.nonzero().flatten()
         sub = slice(None) if len(rows_now) == batch else rows_now
-        masked_now, eligible = masked[sub], (masked & in_block)[sub]
-        all_masked = strategy.needs_all_masked(state, rows_now)  # rows that need proposals beyond their block
-        scored = eligible if all_masked is None else torch.where(all_masked.unsqueeze(1), masked_now, eligible)
+        masked_now, eligible, block_now = masked[sub], (masked & in_block)[sub], (fill & in_block)[sub]
+        scored = strategy.score_positions(masked_now, eligible, block_now, state, rows_now)
+        beyond = (scored & ~block_now).any(1)  # rows that need proposals outside their current block
 
         # === 4. forward: the model's logits where this pass needs them ===
         block_start, block_end = blocks.columns(in_block, canvas)
-        refresh = (blocks.current != previous_block)[rows_now]
-        if all_masked is not None:
-            refresh = refresh | all_masked
+        refresh = (blocks.current != previous_block)[rows_now] | beyond
         passes = forward(rows_now, block_start[rows_now], block_end[rows_now], refresh)
 
         # === 5. proposals and their probabilities, at the positions the strategy can act on only ===
         flat_logits = _gather(passes, scored).float()
         # the mask token is never proposed: the lowest finite logit (probability exactly 0, and no inf * 0 = NaN
         # in sums over the vocabulary such as the entropy)
-        flat_logits[:, mask_id] = torch.finfo(flat_logits.dtype).min
+        lowest = torch.finfo(flat_logits.dtype).min
+        flat_logits[:, mask_id] = lowest
+        if config.logits_eos_inf and eos_id is not None:
+            flat_logits[:, eos_id] = lowest
         flat_log_z = torch.logsumexp(flat_logits, dim=-1)
         flat_x0 = _propose(flat_logits, config.temperature, rng.uniform(step, _STREAM_PROPOSAL)[sub][scored])
         x0 = tokens[sub].clone()
         x0[scored] = flat_x0
         p_x0 = torch.zeros(scored.shape, dtype=flat_logits.dtype, device=tokens.device)
-        p_x0[scored] = torch.exp(flat_logits.gather(-1, flat_x0.unsqueeze(-1)).squeeze(-1) - flat_log_z)
+        p_x0[scored] = _probability(flat_logits, flat_log_z, flat_x0,
+                                    eot_id if config.confidence_eos_eot_inf else None)
 
         # === 6. strategy step ===
         ctx = StepContext(
             step=step, x=tokens[sub], dense_logits=lambda: _dense(passes, mask_id), scored=scored,
             flat_logits=flat_logits, flat_log_z=flat_log_z, x0=x0, p_x0=p_x0, masked=masked_now,
-            eligible=eligible, block=(fill & in_block)[sub], fillable=fill[sub], confidence=confidence[sub],
+            eligible=eligible, block=block_now, fillable=fill[sub], confidence=confidence[sub],
             k=reveal_counts(schedule, blocks.masked_at_block_entry, blocks.step_in_block, blocks.steps_in_block,
                             (masked & in_block).sum(1))[sub],
             block_step=blocks.step_in_block[sub], block_steps=blocks.steps_in_block[sub],
             threshold=config.threshold, rng=rng.rows(sub), mask_token_id=mask_id, surprise=surprise,
-            rows=rows_now, batch_size=batch, state=state, order_noise=config.order_noise)
+            rows=rows_now, batch_size=batch, state=state, order_noise=config.order_noise,
+            order_noise_decay=config.order_noise_decay)
         result = strategy.step(ctx)
 
         # === 7. apply: reveal (the strategy's tokens or the proposals), re-mask, then EOS ===
         reveal = result.reveal & ctx.masked
-        new_tokens = torch.where(reveal, x0 if result.tokens is None else result.tokens, ctx.x)
-        confidence[sub] = torch.where(reveal, p_x0, ctx.confidence)
+        update = (result.update & ctx.fillable & ~ctx.masked) if result.update is not None else None
+        changed = reveal if update is None else reveal | update
+        new_tokens = torch.where(changed, x0 if result.tokens is None else result.tokens, ctx.x)
+        confidence[sub] = torch.where(changed, p_x0, ctx.confidence)
         remask = torch.zeros_like(reveal)
         if result.remask is not None:
             remask = result.remask & ctx.fillable & (new_tokens != mask_id)
             new_tokens = new_tokens.masked_fill(remask, mask_id)
-            forward.invalidate(sub, remask)
+        forward.invalidate(sub, remask if update is None else remask | (update & (new_tokens != ctx.x)))
         tokens[sub] = new_tokens
         if eos is not None:
             fill &= ~_fill_after_eos(tokens, generated_region, eos, mask_id)
@@ -324,6 +337,25 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
     out = _finish(canvas, denoiser, config, forward.full_passes + forward.partial_passes, row_nfe.tolist(), recorder)
     out.nfe_full, out.nfe_partial = forward.full_passes, forward.partial_passes
     return out
+
+
+def _probability(logits: torch.Tensor, log_z: torch.Tensor, tokens: torch.Tensor,
+                 excluded: int | None) -> torch.Tensor:
+    """p(token) under softmax(logits); with `excluded`, under the softmax without that token (0 for it)."""
+    if excluded is not None:
+        logits = logits.clone()
+        logits[:, excluded] = torch.finfo(logits.dtype).min
+        log_z = torch.logsumexp(logits, dim=-1)
+    return torch.exp(logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - log_z)
+
+
+def _eot_id(denoiser: Denoiser) -> int | None:
+    """The tokenizer's end-of-turn token (LLaDA's <|eot_id|>), if it has one."""
+    tok = denoiser.tokenizer
+    if tok is None or not hasattr(tok, "convert_tokens_to_ids"):
+        return None
+    tid = tok.convert_tokens_to_ids("<|eot_id|>")
+    return None if tid is None or tid == getattr(tok, "unk_token_id", None) else int(tid)
 
 
 def _gather(passes: list[tuple[torch.Tensor, Logits]], positions: torch.Tensor) -> torch.Tensor:
@@ -387,6 +419,6 @@ def _finish(canvas: Canvas, denoiser: Denoiser, config: SamplerConfig, nfe: int,
     kept = canvas.kept_end.tolist() if canvas.kept_end is not None else [len(r) for r in rows]
     seqs = [r[p:k] for r, p, k in zip(rows, canvas.padding.tolist(), kept)]
     gens = [r[e:k] for r, e, k in zip(rows, canvas.prompt_end.tolist(), kept)]
-    if config.stop_at_eos and denoiser.eos_token_id is not None:
+    if denoiser.eos_token_id is not None:  # the text ends at the first EOS (however the rest was decoded)
         gens = [g[: g.index(denoiser.eos_token_id)] if denoiser.eos_token_id in g else g for g in gens]
     return GenerationOutput(seqs, gens, nfe, row_nfe, trace)

@@ -86,6 +86,11 @@ class TrainConfig:
                                   check=greater_than(0))
     max_examples: int | None = _opt(None, "use only the first N documents of --data (quick runs)", "data",
                                     check=at_least(1))
+    augment: str | None = _opt(None, "MODULE:FUNCTION transforming every training batch afresh (data augmentation "
+                               "without a bigger file), e.g. studies.sudoku.augment:symmetries; it gets "
+                               "(input_ids [b, L], prompt_lengths [b], generator) and returns new input_ids",
+                               "data", check=lambda v: None if v is None or ":" in v else
+                               "must be MODULE:FUNCTION, e.g. studies.sudoku.augment:symmetries")
 
     # -- masking --------------------------------------------------------------------------------------------------
     masking: str = _opt("uniform", "masking schedule: uniform (MDLM, t~U(eps,1), weight 1/t) | llada (t~U(0.15,"
@@ -131,6 +136,10 @@ class TrainConfig:
                                  check=at_least(1))
     num_epochs: float | None = _opt(None, "epochs over the training data, when --max-steps is not given",
                                     "optimisation", check=greater_than(0))
+    max_minutes: float | None = _opt(None, "wall-clock budget: stop after the first step that ends past it, then "
+                                     "evaluate, save and export as at the last step (the learning-rate schedule "
+                                     "still spans --max-steps: size it to the budget with a throughput probe)",
+                                     "optimisation", check=greater_than(0))
     batch_size: int = _opt(32, "sequences per optimizer step, over all processes and accumulation steps (so a "
                            "recipe trains the same on 1 or 8 devices)", "optimisation",
                            check=greater_than(0))

@@ -162,9 +162,10 @@ def tokenize_text(ds: Any, tokenizer: Any, column: str, max_length: int, pack: b
 
     end = eos_token_id(tokenizer) if add_eos else None
     docs: list[np.ndarray] = []
-    truncated = 0
+    truncated = not_text = 0
     with tqdm(total=len(ds), desc=desc, disable=not progress, unit="doc") as bar:
         for rows in _batches(ds, [column]):
+            not_text += sum(not isinstance(t, str) for t in rows[column])
             texts = [t for t in rows[column] if isinstance(t, str) and t.strip()]
             bar.update(len(rows[column]))
             if not texts:
@@ -178,7 +179,8 @@ def tokenize_text(ds: Any, tokenizer: Any, column: str, max_length: int, pack: b
                     truncated += 1
                 docs.append(np.asarray(ids, dtype=np.int32))
     if not docs:
-        return TokenData(np.zeros(0, np.int32), np.zeros(1, np.int64), np.zeros(0, np.int32)), {"documents": 0}
+        return (TokenData(np.zeros(0, np.int32), np.zeros(1, np.int64), np.zeros(0, np.int32)),
+                {"documents": 0, "not_text": not_text})
     if pack:
         tokens = np.concatenate(docs)
         offsets = np.append(np.arange(0, len(tokens), max_length, dtype=np.int64), len(tokens))
@@ -186,7 +188,8 @@ def tokenize_text(ds: Any, tokenizer: Any, column: str, max_length: int, pack: b
         tokens = np.concatenate(docs)
         offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs], dtype=np.int64)])
     data = TokenData(tokens, offsets, np.zeros(len(offsets) - 1, dtype=np.int32))
-    return data, {"documents": len(docs), "rows": len(data), "tokens": int(len(tokens)), "truncated": truncated}
+    return data, {"documents": len(docs), "rows": len(data), "tokens": int(len(tokens)), "truncated": truncated,
+                  "not_text": not_text}
 
 
 def tokenize_prompt_response(ds: Any, tokenizer: Any, prompt_field: str, response_field: str, max_length: int,

@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import sys
 import time
@@ -35,6 +34,9 @@ from emdm_core.surprise import SurpriseTable, special_token_ids
 from emdm_models.denoiser import adapter_for, output_vocab_size
 from emdm_models.loading import FLAGS, add_mask_token, eos_token_id, load_tokenizer, read_config, resolve_mask_token
 
+from .checkpoints import STATE_DIR, checkpoint_dirs, checkpoint_problem, list_checkpoints, read_manifest, \
+    write_manifest
+from .augment import apply_augment, load_augment
 from .config import TrainConfig, masking_options
 from .corpus import DataBundle, TokenData, prepare_data
 from .errors import TrainConfigError, TrainError
@@ -42,10 +44,8 @@ from .masking import MASKINGS, MaskingSchedule, Noise, UniformMasking, maskable_
 
 logger = logging.getLogger(__name__)
 
-STATE_DIR = "emdm_train_state"
 CONFIG_FILE = "emdm_train_config.yaml"
 LOG_FILE = "train_log.jsonl"
-_CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
 # --- small helpers ---------------------------------------------------------------------------------------------
@@ -77,17 +77,6 @@ class EpochOrder:
             start += len(chunk)
             count -= len(chunk)
         return np.concatenate(out)
-
-
-def list_checkpoints(output: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints (renamed from .tmp and holding a training state), oldest first."""
-    found = []
-    if output.is_dir():
-        for p in output.iterdir():
-            m = _CKPT_RE.match(p.name)
-            if m and p.is_dir() and (p / STATE_DIR / "state.json").is_file():
-                found.append((int(m.group(1)), p))
-    return sorted(found)
 
 
 def resolve_mixed_precision(cfg: TrainConfig) -> str:
@@ -203,33 +192,61 @@ class Trainer:
         cfg, out = self.cfg, self.output
         if out.exists() and not out.is_dir():
             raise TrainError(f"--output {out} is a file; give a directory")
-        existing = list_checkpoints(out)
+        existing = checkpoint_dirs(out)
         resume_dir = None
         if cfg.resume:
             if cfg.resume == "latest":
-                if existing:
-                    resume_dir = existing[-1][1]
-                else:
+                for _step, candidate in reversed(existing):  # the newest complete one
+                    problem = checkpoint_problem(candidate, hashes=True)
+                    if problem is None:
+                        resume_dir = candidate
+                        break
+                    self.log(f"warning: --resume skips {candidate.name}: {problem}")
+                if resume_dir is None:
                     self.log(f"--resume: no complete checkpoint in {out} yet; starting from step 0")
             else:
                 resume_dir = Path(os.path.expanduser(cfg.resume))
-                if not (resume_dir / STATE_DIR / "state.json").is_file():
-                    raise TrainError(f"{cfg.resume} is not a complete emdm_train checkpoint (no {STATE_DIR}/"
-                                     f"state.json); pass --resume alone to pick the newest one in --output")
-        elif existing and not cfg.overwrite:
-            raise TrainError(f"--output {out} already holds {existing[-1][1].name}; pass --resume to continue that "
+                problem = checkpoint_problem(resume_dir, hashes=True)
+                if problem:
+                    raise TrainError(f"--resume {cfg.resume} is not a complete emdm_train checkpoint ({problem}); "
+                                     f"pass --resume alone to take the newest complete one in --output")
+        elif not cfg.overwrite and (existing or (out / LOG_FILE).exists()):
+            what = existing[-1][1].name if existing else LOG_FILE
+            raise TrainError(f"--output {out} already holds another run ({what}); pass --resume to continue that "
                              f"run or --overwrite to start over")
         self.acc.wait_for_everyone()
         if self.main:
-            out.mkdir(parents=True, exist_ok=True)
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                probe = out / ".emdm_write_test"
+                probe.write_text("")
+                probe.unlink()
+            except OSError as exc:
+                raise TrainError(f"--output {out}: cannot write there ({exc.strerror or type(exc).__name__}); "
+                                 f"give a directory you can write to") from None
             for p in out.glob("checkpoint-*.tmp"):  # half-written by a killed run
                 shutil.rmtree(p, ignore_errors=True)
             if cfg.overwrite and not resume_dir:
+                finals = {name for _, p in existing for name in (read_manifest(p) or {}) if "/" not in name}
                 for _, p in existing:
                     shutil.rmtree(p, ignore_errors=True)
-                (out / LOG_FILE).unlink(missing_ok=True)
+                for name in finals | {LOG_FILE}:
+                    (out / name).unlink(missing_ok=True)
+            elif resume_dir is not None:
+                self._truncate_log(int(json.loads((resume_dir / STATE_DIR / "state.json").read_text())["step"]))
         self.acc.wait_for_everyone()
         return resume_dir
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop the log records after `step` (a resumed run writes them again): no duplicates."""
+        path = self.output / LOG_FILE
+        if not path.is_file():
+            return
+        keep = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        tmp = path.with_name(LOG_FILE + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, path)
 
     def _build_model(self, resume_dir: Path | None) -> None:
         """Config, tokenizer and network (pretrained, or random init from a config), through the model family."""
@@ -322,8 +339,12 @@ class Trainer:
         finally:
             model.train(was_training)
 
-    def _micro_batch(self, run: "Run", data: TokenData, rows: np.ndarray, noise: Noise, schedule: MaskingSchedule):
+    def _micro_batch(self, run: "Run", data: TokenData, rows: np.ndarray, noise: Noise, schedule: MaskingSchedule,
+                     augment_seed: int | None = None):
         ids, attn, plen = data.collate(rows, self.pad_token_id)
+        if augment_seed is not None and run.augment is not None:
+            gen = torch.Generator().manual_seed(augment_seed)
+            ids = apply_augment(run.augment, self.cfg.augment, ids, plen, gen)
         ids, attn, plen = ids.to(self.device), attn.to(self.device), plen.to(self.device)
         maskable = maskable_positions(ids, attn, run.unmaskable, plen)
         logits_fn = self._probe if schedule.needs_model else None
@@ -354,7 +375,8 @@ class Trainer:
                       "tokens_seen": state.tokens_seen, "num_processes": self.world, "seed": self.cfg.seed,
                       "batch_size": self.cfg.batch_size, "masking": self.cfg.masking,
                       "eval_loss": state.last_eval, "time": time.time()}
-            (state_dir / "state.json").write_text(json.dumps(record, indent=2))  # written last: marks completeness
+            (state_dir / "state.json").write_text(json.dumps(record, indent=2))
+            write_manifest(tmp)  # written last: the checkpoint is complete only with it
             if final.exists():
                 old = self.output / f"checkpoint-{step}.old"
                 shutil.rmtree(old, ignore_errors=True)
@@ -376,13 +398,23 @@ class Trainer:
             shutil.rmtree(p, ignore_errors=True)
 
     def export_final(self, checkpoint: Path) -> None:
-        """Copy the model files of `checkpoint` to the top of the output directory (each file atomically)."""
+        """Copy the model files of `checkpoint` to the top of the output directory (each file atomically), then
+        check them against the checkpoint's manifest."""
         if self.main:
-            for f in sorted(checkpoint.iterdir()):
-                if f.is_file():
-                    tmp = self.output / f".{f.name}.tmp"
-                    shutil.copy2(f, tmp)
-                    os.replace(tmp, self.output / f.name)
+            problem = checkpoint_problem(checkpoint)
+            if problem:
+                raise TrainError(f"the final checkpoint is incomplete ({problem}); rerun with --resume")
+            files = read_manifest(checkpoint) or {  # a checkpoint written before manifests: its top-level files
+                f.name: {"size": f.stat().st_size} for f in checkpoint.iterdir() if f.is_file()}
+            for name in sorted(n for n in files if "/" not in n):
+                tmp = self.output / f".{name}.tmp"
+                shutil.copy2(checkpoint / name, tmp)
+                os.replace(tmp, self.output / name)
+            for name in (n for n in files if "/" not in n):
+                final = self.output / name
+                if not final.is_file() or final.stat().st_size != files[name]["size"]:
+                    raise TrainError(f"the final model in {self.output} is incomplete ({name}); free disk space and "
+                                     f"rerun with --resume")
         self.acc.wait_for_everyone()
 
     def _load_state(self, run: "Run", state: "RunState") -> int:
@@ -470,10 +502,15 @@ class Trainer:
     def set_up(self) -> "Run":
         """Output directory, model, data, surprise table, schedules, optimizer; resume state when asked."""
         cfg = self.cfg
+        augment = load_augment(cfg.augment) if cfg.augment else None  # a bad spec fails before any loading
         resume_dir = self._prepare_output()
         micro, accum = batch_geometry(cfg, self.world)
         self._build_model(resume_dir)
         data = prepare_data(cfg, self.tokenizer, self.model.config, progress=self.main and cfg.progress)
+        for split, stats in data.stats.items():
+            if stats.get("not_text"):
+                self.log(f"warning: {stats['not_text']} {split} rows of column {cfg.text_column!r} are not text "
+                         f"(null or a number) and were skipped")
         if data.train.tokens.size and int(data.train.tokens.max()) >= self.vocab_size:
             raise TrainError(f"the tokenizer produces id {int(data.train.tokens.max())} but the model's "
                              f"vocabulary has {self.vocab_size} ids; pass the model's own --tokenizer")
@@ -502,7 +539,8 @@ class Trainer:
                    unmaskable=unmaskable.to(self.device), schedule=schedule,
                    eval_schedule=UniformMasking(self.mask_token_id, eps=cfg.eps), eval_noise=eval_noise,
                    counts=counts, lengths=data.train.lengths, n_train=n_train, max_steps=max_steps,
-                   optimizer=optimizer, scheduler=scheduler, order=EpochOrder(n_train, cfg.seed))
+                   optimizer=optimizer, scheduler=scheduler, order=EpochOrder(n_train, cfg.seed),
+                   augment=augment)
 
     def train_step(self, run: "Run", step: int) -> tuple[torch.Tensor, int]:
         """One optimizer step on the global batch `step`: (its loss per maskable token, tokens it trained on)."""
@@ -518,7 +556,7 @@ class Trainer:
             first = (g * self.world + self.rank) * run.micro
             part = slice(first, first + run.micro)
             mb, attn = self._micro_batch(run, run.data.train, rows[part], noise.take(part, run.data.max_length),
-                                         run.schedule)
+                                         run.schedule, augment_seed=mix_seed(cfg.seed, step, 5, first))
             sync = contextlib.nullcontext() if g == run.accum - 1 else self.acc.no_sync(self.model)
             with sync:
                 with self.acc.autocast():
@@ -534,11 +572,19 @@ class Trainer:
         run.optimizer.zero_grad(set_to_none=True)
         return step_loss, int(run.lengths[rows].sum())
 
-    def log_eval_save(self, run: "Run", state: "RunState", done: int) -> None:
-        """After step `done`: the training log line, the held-out evaluation and the checkpoint when due."""
+    def _all_agree(self, flag: bool) -> bool:
+        """True when `flag` holds on any process (so that all processes take the same branch)."""
+        if self.world == 1:
+            return flag
+        return bool(self.acc.reduce(torch.tensor(float(flag), device=self.device), reduction="sum") > 0)
+
+    def log_eval_save(self, run: "Run", state: "RunState", done: int, final: bool = False) -> None:
+        """After step `done`: the training log line, the held-out evaluation and the checkpoint when due (all
+        three after the `final` step)."""
         cfg = self.cfg
+        final = final or done == run.max_steps
         window = state.window
-        if done % cfg.log_every == 0 or done == run.max_steps:
+        if done % cfg.log_every == 0 or final:
             total = float(self.acc.reduce(window.loss.clone(), reduction="sum"))
             elapsed = max(time.perf_counter() - window.started, 1e-9)
             rec = {"step": done, "loss": total / window.steps, "lr": run.scheduler.get_last_lr()[0],
@@ -548,10 +594,10 @@ class Trainer:
                      f"tok/s {rec['tokens_per_s']:,.0f} | epoch {rec['epoch']:.2f}")
             state.bar.set_postfix(loss=f"{rec['loss']:.3f}")
             window.reset()
-        if run.data.val is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or done == run.max_steps):
+        if run.data.val is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or final):
             self._evaluate_and_log(run, state, done)
             window.started = time.perf_counter()  # evaluation time is not training throughput
-        if (cfg.save_every and done % cfg.save_every == 0) or done == run.max_steps:
+        if (cfg.save_every and done % cfg.save_every == 0) or final:
             self.save_checkpoint(run, state, done)
             window.started = time.perf_counter()
 
@@ -581,18 +627,24 @@ class Trainer:
         state.bar = tqdm(total=run.max_steps, initial=start, desc="training", unit="step", dynamic_ncols=True,
                          disable=not (self.main and cfg.progress))
         state.window.reset()
+        deadline = time.perf_counter() + 60 * cfg.max_minutes if cfg.max_minutes else None
+        final_step = max(start, run.max_steps)
         for step in range(start, run.max_steps):
             # === 2. train step ===
             loss, tokens = self.train_step(run, step)
             state.tokens_seen += tokens
             state.window.add(loss, tokens)
             state.bar.update(1)
-            # === 3. log, evaluate, save ===
-            self.log_eval_save(run, state, step + 1)
+            # === 3. log, evaluate, save (the time budget ends the run on every process at the same step) ===
+            out_of_time = deadline is not None and self._all_agree(time.perf_counter() > deadline)
+            self.log_eval_save(run, state, step + 1, final=out_of_time)
+            if out_of_time:
+                final_step = step + 1
+                self.log(f"time budget of {cfg.max_minutes:g} min reached at step {final_step}/{run.max_steps}")
+                break
         state.bar.close()
 
         # === 4. the final model at the top of the output directory ===
-        final_step = max(start, run.max_steps)
         if state.last_saved != final_step:
             self.save_checkpoint(run, state, final_step)
         self.export_final(self.output / f"checkpoint-{final_step}")
@@ -621,6 +673,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     order: EpochOrder
+    augment: Any = None  # the --augment batch transform, if any
 
 
 @dataclass

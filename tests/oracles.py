@@ -33,8 +33,9 @@ def require(family: str) -> Path:
     return folder
 
 
-def oracle_checkpoint(family: str, path: Path, seed: int = 0, std: float = 0.3):
-    """(checkpoint path, the reference model loaded from it, tokenizer) for a tiny random `family` model."""
+def oracle_checkpoint(family: str, path: Path, seed: int = 0, std: float = 0.3, edit=None):
+    """(checkpoint path, the reference model loaded from it, tokenizer) for a tiny random `family` model;
+    `edit(model, tokenizer)` may change the weights before they are saved."""
     from transformers import AutoConfig, AutoModel
 
     from emdm_models.tiny import DEMO_CORPUS, train_tokenizer
@@ -57,6 +58,8 @@ def oracle_checkpoint(family: str, path: Path, seed: int = 0, std: float = 0.3):
             if p.dim() > 1:
                 torch.nn.init.normal_(p, std=std)
         model.get_output_embeddings().weight[len(tok):] = 0
+        if edit is not None:
+            edit(model, tok)
     model.save_pretrained(path)
     for code in folder.glob("*.py"):  # save_pretrained may drop the code files
         shutil.copy(code, path)

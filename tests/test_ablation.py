@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from emdm_core.stats import paired_counts
 from emdm_eval import ablation as A
+from emdm_eval import paired as P
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
@@ -56,9 +59,27 @@ def test_cli_runs_the_grid_writes_reports_and_resumes(sudoku_ckpt, tmp_path, cap
         else:
             assert 1 <= float(r["passes_per_doc"]) <= 81
 
-    md = (out / A.MD_NAME).read_text().splitlines()
+    text = (out / A.MD_NAME).read_text()
+    md = text.split("\n\n")[0].splitlines()
     assert md[0].startswith("| sampler | steps | options | solved | cell_acc | forward passes |") and len(md) == 8
     assert all(line.count("|") == md[0].count("|") for line in md) and " ± " in md[2]
+
+    # per-document outcomes and the paired comparison of the two samplers at each setting
+    outcomes = [json.loads(line) for line in (out / P.OUTCOMES_NAME).read_text().splitlines()]
+    assert len(outcomes) == 6 * 4 and {o["doc_id"] for o in outcomes} == {0, 1, 2, 3}
+    assert all(o["task"] == "sudoku_easy" and o["solved"] in (0, 1) for o in outcomes)
+    pairs = [r for r in read_csv(out / P.PAIRED_NAME) if r["metric"] == "solved"]
+    assert {(r["a_sampler"], r["b_sampler"], r["a_steps"], r["a_options"]) for r in pairs} == {
+        ("vanilla", "margin", "2", ""), ("vanilla", "margin", "4", ""), ("vanilla", "margin", "4", "threshold=0.9")}
+    for r in pairs:
+        solved = {(o["sampler"], o["steps"], o["options"], o["doc_id"]): o["solved"] for o in outcomes}
+        a = [solved[(r["a_sampler"], int(r["a_steps"]), r["a_options"], d)] for d in range(4)]
+        b = [solved[(r["b_sampler"], int(r["b_steps"]), r["b_options"], d)] for d in range(4)]
+        counts = paired_counts(a, b)
+        assert (int(r["both"]), int(r["only_a"]), int(r["only_b"]), int(r["neither"])) == \
+            (counts.both, counts.only_a, counts.only_b, counts.neither)
+        assert float(r["p_value"]) == pytest.approx(counts.p_value)
+    assert "## Paired comparisons (same documents)" in text and "| sudoku_easy | solved | 4 | threshold=0.9 |" in text
     png = (out / A.PNG_NAME).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
@@ -71,6 +92,8 @@ def test_cli_runs_the_grid_writes_reports_and_resumes(sudoku_ckpt, tmp_path, cap
     finally:
         torch.set_num_threads(threads)
     assert "2 new, 4 cached" in capsys.readouterr().out
+    assert read_csv(out / P.PAIRED_NAME) == read_csv(out / P.PAIRED_NAME) and \
+        {r["n"] for r in read_csv(out / P.PAIRED_NAME)} == {"4"}  # re-run points replace their outcomes
     again = read_csv(out / A.CSV_NAME)
     drop = ("seconds", "docs_per_s", "wall_seconds")
     assert [{k: v for k, v in r.items() if k not in drop} for r in again] == \
@@ -82,6 +105,7 @@ def test_cli_runs_the_grid_writes_reports_and_resumes(sudoku_ckpt, tmp_path, cap
     small = ["--tasks", "sudoku_easy", "--samplers", "margin", "--steps", "2", "--limit", "2", "--threads", "1"]
     assert A.main(["--pretrained", sudoku_ckpt, *small, "--out", str(out)]) == 0
     assert len(read_csv(out / A.CSV_NAME)) == 7 and len((out / A.MD_NAME).read_text().splitlines()) == 3
+    assert read_csv(out / P.PAIRED_NAME) == []  # one sampler: nothing to pair
 
 
 def test_bad_input_is_one_line(sudoku_ckpt, tmp_path, capsys):
@@ -135,3 +159,28 @@ def test_markdown_table_writer():
         "| vanilla | 50 | threshold=0.9 | 0.2500 ± 0.0433 | - | 30 | - | 1.0 | 3.00 |"]
     two = A.markdown_table([{**rows[0], "u/acc": 1.0}])
     assert "| t/solved | t/cell_acc | u/acc |" in two  # several tasks: the headers keep the task name
+
+
+def test_paired_rows_pair_samplers_at_the_same_setting_on_common_documents():
+    base = {"pretrained": "m", "tasks": "t", "limit": "", "seed": 1, "model_args": ""}
+    points = [{**base, "sampler": s, "steps": 50, "options": o} for o in ("", "order_noise=0.5")
+              for s in ("vanilla", "top_prob", "margin")]
+    solved = {"vanilla": [0, 0, 1, 0, 0], "top_prob": [1, 0, 1, 0, 1], "margin": [1, 1, 1, 1, 0]}
+    outcomes = {P.point_key(p): {"t": {d: {"solved": float(v), "cell_acc": 0.5} for d, v in
+                                       enumerate(solved[p["sampler"]])}} for p in points}
+    del outcomes[P.point_key(points[5])]["t"][4]  # margin with noise lost its last document
+    rows = P.paired_rows(points, outcomes)
+    assert [(r["a_sampler"], r["b_sampler"], r["a_options"]) for r in rows] == [
+        ("vanilla", "top_prob", ""), ("vanilla", "margin", ""), ("top_prob", "margin", ""),
+        ("vanilla", "top_prob", "order_noise=0.5"), ("vanilla", "margin", "order_noise=0.5"),
+        ("top_prob", "margin", "order_noise=0.5")]
+    assert all(r["metric"] == "solved" for r in rows)  # cell_acc is not a 0/1 outcome
+    top_vs_margin = rows[2]
+    assert (top_vs_margin["both"], top_vs_margin["only_a"], top_vs_margin["only_b"], top_vs_margin["neither"]) == \
+        (2, 1, 2, 0)
+    assert top_vs_margin["p_value"] == 1.0 and top_vs_margin["diff"] == pytest.approx(-0.2)
+    assert rows[5]["n"] == 4  # only the documents both points scored
+    assert len(P.paired_rows(points, outcomes, all_pairs=True)) == 15  # every two of the six points
+    md = P.paired_markdown(rows).splitlines()
+    assert md[0] == "## Paired comparisons (same documents)" and len(md) == 4 + len(rows)
+    assert md[6] == "| t | solved | 50 | - | top_prob | margin | 5 | 2 | 1 | 2 | 0 | -0.200 [-0.856, +0.456] | 1.000 |"

@@ -159,3 +159,38 @@ def test_nonfinite_temperature_is_one_line_on_the_cli():
     assert proc.returncode == 2 and proc.stderr.strip() == ("error: temperature='nan' is not a finite number; "
                                                             "give a finite value"), proc.stderr
     assert math.isnan(float("nan"))
+
+
+# --- paired statistics -------------------------------------------------------------------------------------------
+def test_mcnemar_exact_against_hand_computed_cases():
+    from emdm_core.stats import mcnemar_exact
+
+    assert mcnemar_exact(0, 0) == 1.0  # no discordant pair
+    assert mcnemar_exact(1, 0) == 1.0  # 2 * P[X <= 0], X ~ Bin(1, .5) = 2 * 1/2
+    assert mcnemar_exact(5, 0) == pytest.approx(2 / 32)  # 2 * (1/2)^5
+    assert mcnemar_exact(0, 5) == pytest.approx(2 / 32)  # symmetric
+    assert mcnemar_exact(10, 2) == pytest.approx(2 * (1 + 12 + 66) / 4096)  # 0.03857
+    assert mcnemar_exact(4, 4) == 1.0  # capped at 1
+    assert mcnemar_exact(3, 2) == 1.0  # 2 * (1 + 5 + 10) / 32 = 1
+    assert mcnemar_exact(2, 8) == pytest.approx(2 * (1 + 10 + 45) / 1024)  # 0.1094
+    assert 0 < mcnemar_exact(600, 400) < 1e-9  # big counts stay exact, no underflow to 0 or NaN
+    with pytest.raises(ValueError):
+        mcnemar_exact(-1, 2)
+
+
+def test_paired_counts_and_difference():
+    from emdm_core.stats import paired_counts
+
+    a = [1, 1, 1, 0, 0, 1, 0, 1]
+    b = [1, 0, 0, 0, 1, 1, 0, 0]
+    counts = paired_counts(a, b)
+    assert (counts.both, counts.only_a, counts.only_b, counts.neither, counts.n) == (2, 3, 1, 2, 8)
+    assert counts.p_value == pytest.approx(2 * (1 + 4) / 16)
+    diff, low, high = counts.difference()
+    # d = a - b per item: [0, 1, 1, 0, -1, 0, 0, 1]: mean .25, var of the mean (4/8 - .0625) / 8
+    assert diff == 0.25 and high - diff == pytest.approx(1.959963984540054 * math.sqrt((0.5 - 0.0625) / 8))
+    assert low < diff < high
+    with pytest.raises(ValueError, match="same items"):
+        paired_counts([1], [1, 0])
+    with pytest.raises(ValueError, match="0 or 1"):
+        paired_counts([0.5], [1])

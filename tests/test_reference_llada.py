@@ -81,3 +81,72 @@ def test_lm_eval_model_decodes_with_the_dual_cache(llada, tmp_path):
     req = Instance("generate_until", {}, ("the cat sleeps on the", {"until": []}), 0, ("t", 0, 1))
     assert len(lm.generate_until([req])) == 1
     assert lm.sampler_config.cache == "dual" and lm.get_model_info()["emdm"]["sampler"]["cache"] == "dual"
+
+
+@pytest.fixture(scope="module")
+def llada_eos(tmp_path_factory):
+    """A reference LLaDA whose EOS is frequently the most likely token."""
+    from emdm_sampling import load_denoiser
+
+    def frequent_eos(model, tok):
+        model.get_output_embeddings().weight[tok.eos_token_id] *= 3  # frequent, yet not p = 1.0 ties
+
+    path, reference, tok = oracle_checkpoint("llada", tmp_path_factory.mktemp("oracle") / "llada-eos", seed=1,
+                                             edit=frequent_eos)
+    return load_denoiser(path), reference, [tok(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
+
+
+@pytest.mark.parametrize("gen, block, steps", [(16, 16, 16), (16, 4, 8), (12, 4, 12)])
+def test_default_eos_handling_reproduces_llada_with_eos_frequent(llada_eos, gen, block, steps):
+    from emdm_sampling import generate
+
+    den, reference, prompts = llada_eos
+    eos = den.eos_token_id
+    eos_rows = 0
+    for p in prompts:
+        out = generate(den, [p], sampler="low_confidence_remask", steps=steps, gen_length=gen, block_length=block,
+                       temperature=0.0)  # the default: every position decoded, the text cut at the first EOS
+        ref, _ = llada_decoders().generate(reference, torch.tensor([p]), steps=steps, gen_length=gen,
+                                           block_length=block, temperature=0.0, remasking="low_confidence",
+                                           mask_id=den.mask_token_id)
+        ref_gen = ref[0, len(p):].tolist()
+        eos_rows += eos in ref_gen[: gen // 2]
+        assert out.sequences[0] == ref[0].tolist()
+        assert out.generated[0] == (ref_gen[: ref_gen.index(eos)] if eos in ref_gen else ref_gen)
+    assert eos_rows >= 2  # the case this test is about: EOS comes early in most rows
+
+
+class _GuidedReference(torch.nn.Module):
+    """LLaDA generate.py's classifier-free guidance around the reference model: the prompt (every position that was
+    not a mask at the start) masked in a second batch, logits = u + (s + 1)(c - u)."""
+
+    def __init__(self, model, prompt_length: int, mask_id: int, scale: float):
+        super().__init__()
+        self.model, self.prompt_length, self.mask_id, self.scale = model, prompt_length, mask_id, scale
+
+    @property
+    def device(self):
+        return self.model.device
+
+    def forward(self, x):
+        uncond = x.clone()
+        uncond[:, : self.prompt_length] = self.mask_id
+        cond, un = self.model(torch.cat([x, uncond])).logits.chunk(2)
+        return type("Out", (), {"logits": un + (self.scale + 1) * (cond - un)})()
+
+
+@pytest.mark.parametrize("scale", [0.5, 2.0])
+def test_cfg_scale_equals_llada_guidance(llada, scale):
+    from emdm_sampling import generate
+
+    den, reference, prompts = llada
+    out = generate(den, prompts, sampler="low_confidence_remask", steps=8, gen_length=16, block_length=8,
+                   temperature=0.0, cfg_scale=scale)
+    plain = generate(den, prompts, sampler="low_confidence_remask", steps=8, gen_length=16, block_length=8,
+                     temperature=0.0)
+    assert out.sequences != plain.sequences  # guidance changes the decoding
+    for i, p in enumerate(prompts):
+        guided = _GuidedReference(reference, len(p), den.mask_token_id, scale)
+        ref, _ = llada_decoders().generate(guided, torch.tensor([p]), steps=8, gen_length=16, block_length=8,
+                                           temperature=0.0, remasking="low_confidence", mask_id=den.mask_token_id)
+        assert out.sequences[i] == ref[0].tolist()

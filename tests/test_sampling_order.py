@@ -96,12 +96,13 @@ def test_eos_stops_generation(fake_denoiser):
     table = _table(rows)
     table[2] = torch.log(torch.tensor([1e-6] * 6 + [1.0, 1e-6]))  # position 2 is EOS (id 6) for sure
     den = fake_denoiser(table)
-    out = generate(den, [[1]], sampler="top_prob", steps=8, gen_length=8)
+    out = generate(den, [[1]], sampler="top_prob", steps=8, gen_length=8, stop_at_eos=True)  # the speed option
     assert out.generated[0] == [0]
     assert out.sequences[0][2:] == [6] * 7
     assert out.nfe == 2  # EOS first (most confident), then position 1; the rest needed no decoding
-    full = generate(den, [[1]], sampler="top_prob", steps=8, gen_length=8, stop_at_eos=False)
+    full = generate(den, [[1]], sampler="top_prob", steps=8, gen_length=8)  # the default: decode every position
     assert full.nfe == 8 and 7 not in full.sequences[0]
+    assert full.generated[0] == [0]  # the output still ends at the first EOS, as LLaDA's evaluation cuts it
 
 
 def test_infilling_fills_masks_inside_the_prompt_only(fake_denoiser):

@@ -266,6 +266,51 @@ def save_sudoku_model_dir(path: str | Path, size: str = "cpu", seed: int = 0, **
     return path
 
 
+ENCODER_SIZES = {
+    "paper": dict(hidden_size=384, num_hidden_layers=3, num_attention_heads=12, intermediate_size=1536),
+    "cpu": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512),
+}
+
+
+def sudoku_encoder_config(encoder: str = "bert", size: str = "paper", grid_size: int = 9, dropout: float = 0.1,
+                          **overrides) -> PretrainedConfig:
+    """A stock transformers encoder config for unstructured Sudoku (Kim et al.'s setting): no row/column/box
+    knowledge, positions only (BERT: learned absolute; ModernBERT: rotary), the full vocabulary of the Sudoku
+    tokenizer at every position, puzzle [SEP] solution [EOS] as one sequence (164 tokens for 9x9)."""
+    if size not in ENCODER_SIZES:
+        raise ValueError(f"unknown encoder size {size!r}; choose one of {', '.join(ENCODER_SIZES)}")
+    if grid_size not in GRID_SIZES:
+        raise ValueError(f"grid_size must be one of {GRID_SIZES} (got {grid_size})")
+    common = {**ENCODER_SIZES[size], "vocab_size": len(VOCAB), "max_position_embeddings": 2 * grid_size ** 2 + 2,
+              "pad_token_id": PAD_ID}
+    if encoder == "bert":
+        from transformers import BertConfig
+
+        return BertConfig(**common, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                          type_vocab_size=1, **overrides)
+    if encoder == "modernbert":
+        from transformers import ModernBertConfig
+
+        return ModernBertConfig(**common, embedding_dropout=dropout, attention_dropout=dropout, mlp_dropout=dropout,
+                                global_attn_every_n_layers=1, bos_token_id=SEP_ID, eos_token_id=EOS_ID,
+                                cls_token_id=SEP_ID, sep_token_id=SEP_ID, **overrides)
+    raise ValueError(f"unknown encoder {encoder!r}; choose bert or modernbert")
+
+
+def save_sudoku_encoder_dir(path: str | Path, encoder: str = "bert", size: str = "paper", grid_size: int = 9,
+                            seed: int = 0, **overrides) -> Path:
+    """Write a randomly initialised stock encoder (`sudoku_encoder_config`) and the Sudoku tokenizer to path."""
+    from transformers import AutoModelForMaskedLM
+
+    config = sudoku_encoder_config(encoder, size, grid_size, **overrides)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    AutoModelForMaskedLM.from_config(config).save_pretrained(path)
+    build_sudoku_tokenizer(config.max_position_embeddings).save_pretrained(path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI: write a randomly initialised Sudoku model directory (for `emdm_train --model DIR --from-scratch`)."""
     import argparse
@@ -283,8 +328,20 @@ def main(argv: list[str] | None = None) -> None:
                     help="heads attend within rows / columns / boxes / everywhere (fused layout only)")
     ap.add_argument("--no-fixed-clues", dest="fixed_clues", action="store_false",
                     help="let the model predict the clue cells of the solution (default: they are fixed to the clue)")
+    ap.add_argument("--encoder", choices=["bert", "modernbert"],
+                    help="write a stock transformers encoder instead (unstructured: no row/column/box knowledge, "
+                         "full vocabulary, clues predicted like any cell; Kim et al.'s setting); --size paper|cpu")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.encoder:
+        if args.size not in ENCODER_SIZES:
+            ap.error(f"--encoder takes --size {' or '.join(ENCODER_SIZES)}")
+        over = {k: v for k, v in (("num_hidden_layers", args.layers), ("num_attention_heads", args.heads)) if v}
+        if args.hidden:
+            over.update(hidden_size=args.hidden, intermediate_size=4 * args.hidden)
+        path = save_sudoku_encoder_dir(args.out, args.encoder, args.size, args.grid_size, args.seed, **over)
+        print(f"wrote {path} ({args.encoder}, {args.size}, {args.grid_size}x{args.grid_size})")
+        return
     over: dict = {"layout": args.layout, "fixed_clues": args.fixed_clues}
     if args.peer_attention:
         over["peer_attention"] = True

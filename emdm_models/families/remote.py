@@ -41,9 +41,31 @@ class RemoteDenoiser(Denoiser):
         return Denoiser.default_mask_token_id(config, tokenizer)
 
     @classmethod
+    def load_model(cls, path: str, config: Any, dtype: torch.dtype, trust_remote_code: bool) -> torch.nn.Module:
+        from emdm_core.errors import CheckpointError
+
+        model = super().load_model(path, config, dtype, trust_remote_code)
+        for name, buffer in model.named_buffers():
+            # transformers 5 refills non-persistent buffers with uninitialised memory on loading; code that does
+            # not recompute its rotary frequencies (Dream's) then computes garbage without an error
+            if name.endswith("inv_freq") and not bool(((buffer > 0) & (buffer <= 1)).all()):
+                raise CheckpointError(f"{path}: its own model code left {name} uninitialised under this transformers "
+                                      f"(its outputs would be garbage); load it without adapter=remote, on emdm's "
+                                      f"backbone")
+        return model
+
+    @classmethod
     def forward_logits(cls, model: torch.nn.Module, input_ids: torch.Tensor,
                        attention_mask: torch.Tensor) -> torch.Tensor:
-        logits = super().forward_logits(model, input_ids, attention_mask)
-        if getattr(model.config, "model_type", "").lower() == "dream":  # position i-1 predicts token i
+        dream = getattr(model.config, "model_type", "").lower() == "dream"
+        if dream and not bool(attention_mask.all()):
+            # Dream's code takes a [B, 1, L, L] bool mask (a 2-D integer one breaks at batch > 1 and in SDPA)
+            valid = attention_mask.bool()
+            mask = valid[:, None, :, None] & valid[:, None, None, :]
+            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits
+        else:
+            logits = super().forward_logits(model, input_ids, attention_mask)
+        if dream:  # position i-1 predicts token i
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits

@@ -8,6 +8,7 @@ reveals the highest-scoring eligible positions. Third-party strategies register 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable, ClassVar
@@ -49,6 +50,20 @@ class StepContext:
     batch_size: int = 0  # rows in the whole batch
     state: dict[str, torch.Tensor] = field(default_factory=dict)  # the strategy's memory, whole-batch tensors
     order_noise: float = 0.0  # Gumbel noise coefficient on the ordering score (SamplerConfig.order_noise)
+    order_noise_decay: str = "none"  # how the coefficient shrinks over a block's steps
+
+    def noise_scale(self) -> torch.Tensor:
+        """[B, 1] this step's ordering-noise coefficient: constant, or decayed with the share of the block still
+        to decode ((S-1-j)/S, Ye et al.'s linear rate; or its cosine form)."""
+        j = self.block_step.double().unsqueeze(-1)
+        s = self.block_steps.double().unsqueeze(-1)
+        if self.order_noise_decay == "linear":
+            rate = (s - 1 - j) / s
+        elif self.order_noise_decay == "cosine":
+            rate = torch.cos((j + 1) / s * (math.pi / 2))
+        else:
+            rate = torch.ones_like(j)
+        return self.order_noise * rate.clamp(min=0)
 
     @cached_property
     def logits(self) -> torch.Tensor:
@@ -68,8 +83,7 @@ class StepContext:
         self.state[name][self.rows] = value
 
     # Vocabulary-wide work is done only at the scored positions: the eligible ones (those a strategy can reveal
-    # this step), or every masked one for the rows whose strategy asks for it (`needs_all_masked`). Values
-    # elsewhere are 0 and never selected.
+    # this step), or wider where the strategy's `score_positions` asks for more. Values elsewhere are 0.
     def scatter(self, values: torch.Tensor) -> torch.Tensor:
         """Place per-scored-position values [N, ...] into a zero tensor [B, W, ...]."""
         out = values.new_zeros((*self.scored.shape, *values.shape[1:]))
@@ -91,6 +105,10 @@ class StepContext:
         """[B, W, V] softmax of the logits (temperature 1) at the scored positions, 0 elsewhere."""
         return self.scatter(self.flat_probs)
 
+    def top_logits(self, k: int) -> torch.Tensor:
+        """[B, W, k] the k largest logits at the scored positions (0 elsewhere)."""
+        return self.scatter(self.flat_logits.topk(k, dim=-1).values)
+
     def top_probs(self, k: int) -> torch.Tensor:
         """[B, W, k] the k largest probabilities, without materialising the full softmax."""
         return self.scatter(torch.exp(self.flat_logits.topk(k, dim=-1).values - self.flat_log_z.unsqueeze(-1)))
@@ -104,7 +122,7 @@ class StepContext:
         `order_noise` c > 0 the ranking is by scores + c * Gumbel: the top-k is then a draw without replacement
         from softmax(scores / c) (how Dream's alg_temp and Kim et al.'s noisy ordering pick positions)."""
         if self.order_noise > 0:
-            scores = scores.double() + self.order_noise * self.gumbel(_STREAM_ORDER_NOISE)
+            scores = scores.double() + self.noise_scale() * self.gumbel(_STREAM_ORDER_NOISE)
         scores = scores.masked_fill(~self.eligible, float("-inf"))
         order = scores.argsort(dim=-1, descending=True, stable=True)
         rank = order.argsort(dim=-1)
@@ -124,11 +142,14 @@ class StepContext:
 
 @dataclass
 class StepResult:
-    """What a step changes: `reveal` positions take `tokens` (default: the proposals); `remask` become masks."""
+    """What a step changes: `reveal` (masked positions) and `update` (revealed positions, re-predicted) take
+    `tokens` (default: the proposals); `remask` (revealed positions) become masks; every other position keeps its
+    token."""
 
     reveal: torch.Tensor
     remask: torch.Tensor | None = None
     tokens: torch.Tensor | None = None
+    update: torch.Tensor | None = None
 
 
 class Strategy:
@@ -150,10 +171,12 @@ class Strategy:
         """Forward passes this strategy may take beyond the reveal schedule (e.g. Gibbs sweeps)."""
         return 0
 
-    def needs_all_masked(self, state: dict[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor | None:
-        """[b] bool: rows whose next step needs proposals at every masked position, not only at the current
-        block's (such a row's pass sees the whole sequence fresh under a KV cache); None: no row."""
-        return None
+    def score_positions(self, masked: torch.Tensor, eligible: torch.Tensor, block: torch.Tensor,
+                        state: dict[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+        """[b, W] bool: where this step needs proposals and their statistics (default: the masked positions of the
+        current block, the ones `select` can reveal). A row that needs positions outside its block gets a pass
+        over its whole sequence under a KV cache."""
+        return eligible
 
     def score(self, ctx: StepContext) -> torch.Tensor:
         """[B, W] priority of each position: the highest eligible ones are revealed first."""

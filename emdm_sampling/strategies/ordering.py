@@ -25,9 +25,19 @@ class Vanilla(Strategy):
 @register_sampler("top_prob")
 class TopProb(Strategy):
     """Highest max-probability first (Chang et al. 2022, MaskGIT; Kim et al. 2025, "top probability"):
-    score = max_j p(x_i = j)."""
+    score = max_j p(x_i = j), or its log with `scale=log` (Ye et al.'s x0 score: the same order, but order_noise
+    then perturbs log p instead of p)."""
+
+    options = {"scale": "prob"}
+
+    @classmethod
+    def check_options(cls, opt: dict[str, Any]) -> None:
+        if opt["scale"] not in ("prob", "log"):
+            raise ConfigError(f"scale must be prob or log (got {opt['scale']!r})")
 
     def score(self, ctx: StepContext) -> torch.Tensor:
+        if self.opt["scale"] == "log":
+            return (ctx.top_logits(1)[..., 0] - ctx.log_z).double()
         return ctx.top_probs(1)[..., 0]
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from emdm_core.errors import ConfigError
-from . import StepContext, StepResult, Strategy, register_sampler
+from . import _STREAM_ORDER_NOISE, StepContext, StepResult, Strategy, register_sampler
 
 _STREAM_REMASK = 3
 _STREAM_UNMASK = 4
@@ -87,9 +88,11 @@ class EAGS(Strategy):
     def extra_steps(self) -> int:
         return int(self.opt["gibbs_steps"])
 
-    def needs_all_masked(self, state: dict[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor | None:
+    def score_positions(self, masked, eligible, block, state, rows):
         # a Gibbs sweep re-samples masked positions anywhere in the generation
-        return state["sweeping"][rows] if "sweeping" in state else None
+        if "sweeping" not in state:
+            return eligible
+        return torch.where(state["sweeping"][rows].unsqueeze(1), masked, eligible)
 
     def step(self, ctx: StepContext) -> StepResult:
         long_rows = ctx.k
@@ -113,3 +116,44 @@ class EAGS(Strategy):
         ctx.store("sweeping", start)
         ctx.store("entropy", ent_at_reveal)
         return StepResult(reveal=reveal, remask=remask)
+
+
+
+class TopKRemaskDecoder(Strategy):
+    """Ye et al.'s re-masking top-k decoder around an ordering strategy (`SamplerConfig.topk_remask`; Ye et al.
+    2024, "Beyond Autoregression: Discrete Diffusion for Complex Reasoning and Planning", arXiv 2410.14157,
+    `topk_decoding` in HKUNLP/diffusion-vs-ar, with which Kim et al. 2025 decode Sudoku). Every step predicts
+    every position of the block, masked or revealed; the n - floor(n * rate) positions with the highest score of
+    the wrapped strategy keep (or take) their prediction and the rest, cells revealed earlier included, are masked
+    again. Over a block's S steps the rate falls to 0: `linear` (S-1-j)/S at step j, `cosine` cos((j+1)/S pi/2),
+    so the last step reveals all. The shared `order_noise` adds Gumbel noise to the score (Ye's
+    `stochastic<c>-linear` is order_noise=c, order_noise_decay=linear, with top_prob's scale=log, Ye's log p).
+
+    Ties are broken by position, so exactly floor(n * rate) positions are re-masked (Ye's `score < cutoff` may mask
+    fewer on ties). A block with nothing left to re-mask early (floor(n * rate) = 0) ends there.
+    """
+
+    remasks = True
+
+    def __init__(self, inner: Strategy, rate: str):
+        super().__init__()
+        self.inner, self.rate = inner, rate
+        self.name = inner.name
+
+    def score_positions(self, masked, eligible, block, state, rows):
+        return block  # predict all: the revealed cells of the block are re-predicted too
+
+    def step(self, ctx: StepContext) -> StepResult:
+        j = ctx.block_step.double().unsqueeze(-1)
+        s = ctx.block_steps.double().unsqueeze(-1)
+        rate = (s - 1 - j) / s if self.rate == "linear" else torch.cos((j + 1) / s * (math.pi / 2))
+        positions = ctx.block & ctx.fillable
+        n_remask = torch.floor(positions.sum(-1, keepdim=True).double() * rate.clamp(0, 1)).long()
+        scores = self.inner.score(ctx).double()
+        if ctx.order_noise > 0:
+            scores = scores + ctx.noise_scale() * ctx.gumbel(_STREAM_ORDER_NOISE)
+        scores = scores.masked_fill(~positions, float("inf"))  # outside the block: never re-masked
+        rank = scores.argsort(dim=-1, stable=True).argsort(dim=-1)  # 0 = lowest score
+        remask = positions & (rank < n_remask)
+        keep = positions & ~remask
+        return StepResult(reveal=keep & ctx.masked, update=keep & ~ctx.masked, remask=remask & ~ctx.masked)
