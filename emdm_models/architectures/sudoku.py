@@ -286,14 +286,15 @@ def sudoku_encoder_config(encoder: str = "bert", size: str = "paper", grid_size:
     if encoder == "bert":
         from transformers import BertConfig
 
-        return BertConfig(**common, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-                          type_vocab_size=1, **overrides)
+        return BertConfig(**{**common, "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout,
+                             "type_vocab_size": 1, **overrides})
     if encoder == "modernbert":
         from transformers import ModernBertConfig
 
-        return ModernBertConfig(**common, embedding_dropout=dropout, attention_dropout=dropout, mlp_dropout=dropout,
-                                global_attn_every_n_layers=1, bos_token_id=SEP_ID, eos_token_id=EOS_ID,
-                                cls_token_id=SEP_ID, sep_token_id=SEP_ID, **overrides)
+        return ModernBertConfig(**{**common, "embedding_dropout": dropout, "attention_dropout": dropout,
+                                   "mlp_dropout": dropout, "global_attn_every_n_layers": 1, "bos_token_id": SEP_ID,
+                                   "eos_token_id": EOS_ID, "cls_token_id": SEP_ID, "sep_token_id": SEP_ID,
+                                   **overrides})
     raise ValueError(f"unknown encoder {encoder!r}; choose bert or modernbert")
 
 
