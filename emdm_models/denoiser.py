@@ -24,6 +24,9 @@ class Denoiser:
     name = "base"
     uses_absolute_positions = True  # rotary models (LLaDA, Dream) are unaffected by a constant position shift
     needs_remote_code = False  # whether the family's own model code (auto_map) must be trusted
+    # LoRA's default target modules for this family (emdm_train --lora): PEFT's "all-linear" (every linear layer
+    # but the output head) unless the family names its projections
+    lora_target_modules: str | tuple[str, ...] = "all-linear"
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, mask_token_id: int, eos_token_id: int | None,
                  pad_token_id: int, max_length: int, path: str = "", surprise: torch.Tensor | None = None):
@@ -51,10 +54,12 @@ class Denoiser:
         return AutoModelForMaskedLM
 
     @classmethod
-    def load_model(cls, path: str, config: Any, dtype: torch.dtype, trust_remote_code: bool) -> torch.nn.Module:
-        """Load the network with its weights."""
+    def load_model(cls, path: str, config: Any, dtype: torch.dtype, trust_remote_code: bool,
+                   **load_kwargs: Any) -> torch.nn.Module:
+        """Load the network with its weights (`load_kwargs`: more `from_pretrained` arguments, e.g. a
+        `quantization_config`)."""
         return cls.auto_class(config).from_pretrained(path, config=config, dtype=dtype,
-                                                      trust_remote_code=trust_remote_code)
+                                                      trust_remote_code=trust_remote_code, **load_kwargs)
 
     @classmethod
     def build_model(cls, config: Any, trust_remote_code: bool) -> torch.nn.Module:

@@ -240,7 +240,12 @@ def load_denoiser(pretrained: str | os.PathLike, adapter: str | None = None, dev
                   peft: str | None = None, spelling: Spelling = KWARGS) -> Denoiser:
     """Load a checkpoint directory, `emdm:NAME` or Hub id as a `Denoiser`, choosing the adapter from its config.
 
-    `spelling` says how the caller's user passes options, for the fixes that error messages name."""
+    `spelling` says how the caller's user passes options, for the fixes that error messages name. A PEFT adapter
+    directory as `pretrained` (an `emdm_train --lora` output) loads its base, named in its adapter config, with the
+    adapter merged; the surprise table is the adapter directory's when it has one."""
+    base = peft_base(pretrained)
+    if base is not None and not peft:
+        pretrained, peft = base, str(pretrained)
     config, weights, path = read_config(str(pretrained), trust_remote_code, spelling, adapter=adapter)
     if os.path.isdir(path) and not weights:
         raise CheckpointError(f"{path} has a config but no weights (model.safetensors); pass "
@@ -258,8 +263,23 @@ def load_denoiser(pretrained: str | os.PathLike, adapter: str | None = None, dev
     mask_id = resolve_mask_token(cls, config, tok, mask_token_id, path, spelling)
     eos = eos_token_id(tok, config)
     pad = tok.pad_token_id if tok.pad_token_id is not None else (eos if eos is not None else mask_id)
+    surprise = load_surprise(os.path.expanduser(str(peft))) if peft else None
     return cls(model, tok, mask_id, eos, pad, max_length_of(config, tok, max_length), path=path,
-               surprise=load_surprise(path))
+               surprise=surprise if surprise is not None else load_surprise(path))
+
+
+def peft_base(path: str | os.PathLike) -> str | None:
+    """The base checkpoint a PEFT adapter directory names (`base_model_name_or_path`), if `path` is one (an
+    adapter config and no model config of its own)."""
+    directory = Path(os.path.expanduser(str(path)))
+    adapter = directory / "adapter_config.json"
+    if not adapter.is_file() or (directory / "config.json").is_file():
+        return None
+    base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise CheckpointError(f"{path} is a PEFT adapter without base_model_name_or_path; pass pretrained=BASE,"
+                              f"peft={path}")
+    return str(base)
 
 
 def load_peft(model: torch.nn.Module, adapter_dir: str) -> torch.nn.Module:

@@ -56,15 +56,39 @@ class TrainConfig:
                                 "model")
     dropout: bool = _opt(True, "keep the model's dropout during training (--no-dropout trains in eval mode, "
                          "which makes runs with different process counts numerically comparable)", "model")
+    gradient_checkpointing: bool = _opt(False, "recompute activations in the backward pass instead of storing "
+                                        "them (activation checkpointing: less memory, ~30% more compute)", "model")
+
+    # -- LoRA -----------------------------------------------------------------------------------------------------
+    lora: bool = _opt(False, "train LoRA adapters (PEFT) instead of every weight; the output holds the adapter "
+                      "(load with pretrained=BASE,peft=OUT or pretrained=OUT)", "lora")
+    lora_rank: int = _opt(16, "LoRA rank r", "lora", check=at_least(1))
+    lora_alpha: float = _opt(32.0, "LoRA scaling alpha (the update is scaled by alpha / r)", "lora",
+                             check=greater_than(0))
+    lora_dropout: float = _opt(0.05, "dropout on the LoRA input", "lora", check=in_range(0, 1, high_open=True))
+    lora_target_modules: str | None = _opt(None, "comma-separated names of the linear layers to adapt, or "
+                                           "all-linear (default: the family's: q/k/v/o and MLP projections for "
+                                           "Llama/Qwen-style models, every linear layer otherwise)", "lora")
+    qlora: bool = _opt(False, "QLoRA: load the base in 4-bit NF4 (bitsandbytes, CUDA) and train LoRA on it", "lora")
+    merge_lora: bool = _opt(False, "after training also write OUT/merged: the base with the adapter merged in "
+                            "(a plain checkpoint)", "lora")
 
     # -- data -----------------------------------------------------------------------------------------------------
     data: str | None = _opt(None, "training data: a local .jsonl/.json/.txt/.parquet/.csv file, a folder of them, "
                             "or a hub dataset name (offline: must be in the local cache)", "data")
     data_config: str | None = _opt(None, "configuration name of a hub dataset (e.g. wikitext-2-raw-v1)", "data")
     split: str = _opt("train", "split of --data to train on", "data")
-    data_format: str = _opt("auto", "auto | text | prompt_response. auto picks prompt_response when the "
-                            "--prompt-field and --response-field columns exist, else text", "data",
-                            choices=("auto", "text", "prompt_response"))
+    data_format: str = _opt("auto", "auto | text | prompt_response | chat. auto picks chat when the "
+                            "--messages-field column exists, prompt_response when the --prompt-field and "
+                            "--response-field columns do, else text", "data",
+                            choices=("auto", "text", "prompt_response", "chat"))
+    messages_field: str = _opt("messages", "column holding the conversations (chat format: lists of {role, "
+                               "content}, rendered with the chat template; only assistant turns are trained on)",
+                               "data")
+    chat_template: str | None = _opt(None, "a Jinja chat template (file or string) for tokenizers without one "
+                                     "(chat format)", "data")
+    pad_with_eos: bool = _opt(False, "LLaDA's SFT convention: fill every prompt/response or chat row to "
+                              "--max-length with EOS tokens that are masked and trained like the response", "data")
     text_column: str = _opt("text", "column holding the text (text format)", "data")
     prompt_field: str = _opt("prompt", "column holding the prompt (prompt_response format; never masked)", "data")
     response_field: str = _opt("response", "column holding the response (prompt_response format; the only part "
@@ -177,8 +201,10 @@ class TrainConfig:
     eval_every: int = _opt(500, "held-out loss every N steps (0: only before and after training)", "output",
                            check=at_least(0))
     log_every: int = _opt(10, "log loss, learning rate and tokens/s every N steps", "output", check=greater_than(0))
-    report_to: str = _opt("auto", "auto (TensorBoard when installed) | tensorboard | none", "output",
-                          choices=("auto", "tensorboard", "none"))
+    report_to: str = _opt("auto", "experiment trackers, through accelerate: auto (TensorBoard when installed) | "
+                          "tensorboard | wandb | tensorboard,wandb | none", "output",
+                          check=lambda v: None if set(v.split(",")) <= {"tensorboard", "wandb"} or v in ("auto", "none")
+                          else "must be auto, none, or a comma-separated list of tensorboard and wandb")
     resume: str | None = _opt(None, "continue a killed run: --resume (newest complete checkpoint in --output) or "
                               "--resume PATH/checkpoint-N", "output")
     overwrite: bool = _opt(False, "start over in an --output directory that already holds checkpoints", "output")
@@ -223,6 +249,13 @@ class TrainConfig:
             raise TrainConfigError(f"unknown --masking {self.masking!r}; choose one of "
                                    f"{', '.join(available_maskings())}")
         typed.check_fields(self, TrainConfigError, label=typed.flag_name)
+        from .lora import check_lora_config
+
+        check_lora_config(self)
+        if self.pad_with_eos and not self.mask_eos:
+            raise TrainConfigError("--pad-with-eos trains the EOS padding, which --no-mask-eos forbids; drop one")
+        if self.pad_with_eos and self.data_format == "text":
+            raise TrainConfigError("--pad-with-eos pads responses; it needs prompt_response or chat data")
         for schedule, (options, labels) in masking_option_sets(self).items():
             from .masking import MASKINGS
 

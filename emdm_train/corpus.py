@@ -1,13 +1,15 @@
 """Training data: load any `datasets` source, tokenise, pack or pad, split off a held-out set.
 
-Two formats:
+Three formats:
 - `text`: one document per row in a text column. With packing (default) each document is tokenised (with the
   tokenizer's own special tokens), ended by EOS and concatenated; the stream is cut into `max_length` blocks.
   Without packing each document is one row, truncated to `max_length`.
 - `prompt_response`: rows with a prompt and a response field. A row is  tokenizer(prompt) + separator +
   response + EOS; the prompt part (everything before the response) is never masked, as in instruction tuning
   and Sudoku. Rows longer than `max_length` lose the end of their response; rows whose prompt alone does not fit
-  are dropped (both counted in the log).
+  are dropped (both counted in the log). `pad_with_eos` fills each row to `max_length` with trained EOS tokens.
+- `chat`: rows with a `messages` list, rendered with the chat template; only assistant turns are trained on
+  (`chat.py`; a per-token `trainable` array replaces the prompt rule).
 
 Tokenised data lives in memory as one flat int32 array plus offsets (4 bytes a token).
 """
@@ -44,6 +46,9 @@ class TokenData:
     tokens: np.ndarray  # int32 [total]
     offsets: np.ndarray  # int64 [N + 1]
     prompt_lengths: np.ndarray  # int32 [N]
+    # bool [total], chat data: the tokens that may be masked (assistant turns), overriding the prompt and
+    # special-token rules; None: every non-special token after the prompt
+    trainable: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -61,11 +66,13 @@ class TokenData:
         """The first n rows."""
         n = min(n, len(self))
         end = self.offsets[n]
-        return TokenData(self.tokens[:end], self.offsets[: n + 1].copy(), self.prompt_lengths[:n].copy())
+        return TokenData(self.tokens[:end], self.offsets[: n + 1].copy(), self.prompt_lengths[:n].copy(),
+                         None if self.trainable is None else self.trainable[:end].copy())
 
     def maskable_counts(self, unmaskable: np.ndarray) -> np.ndarray:
-        """Number of maskable tokens per row (not in the `unmaskable` id table, not in the prompt), vectorised."""
-        ok = ~unmaskable[self.tokens]
+        """Number of maskable tokens per row (not in the `unmaskable` id table, not in the prompt; chat data: the
+        trainable tokens), vectorised."""
+        ok = ~unmaskable[self.tokens] if self.trainable is None else self.trainable
         csum = np.concatenate([[0], np.cumsum(ok, dtype=np.int64)])
         starts = self.offsets[:-1] + self.prompt_lengths
         return csum[self.offsets[1:]] - csum[np.minimum(starts, self.offsets[1:])]
@@ -84,6 +91,17 @@ class TokenData:
         attn = (np.arange(width)[None, :] < lens[:, None]).astype(np.int64)
         return torch.from_numpy(ids), torch.from_numpy(attn), torch.from_numpy(self.prompt_lengths[idx].astype(
             np.int64))
+
+    def collate_trainable(self, indices: Iterable[int], width: int) -> torch.Tensor | None:
+        """[b, width] bool: the trainable tokens of the rows (chat data), False in the padding; None without."""
+        if self.trainable is None:
+            return None
+        idx = np.asarray(list(indices), dtype=np.int64)
+        out = np.zeros((len(idx), width), dtype=bool)
+        for r, i in enumerate(idx):  # one slice copy per row
+            part = self.trainable[self.offsets[i]:self.offsets[i + 1]]
+            out[r, : len(part)] = part
+        return torch.from_numpy(out)
 
 
 @dataclass
@@ -133,12 +151,15 @@ def load_source(source: str, split: str = "train", config_name: str | None = Non
 
 
 def detect_format(columns: list[str], requested: str, text_column: str, prompt_field: str, response_field: str,
-                  source: str) -> str:
+                  source: str, messages_field: str = "messages") -> str:
     """Resolve `auto` and check that the needed columns exist."""
     cols = ", ".join(columns)
     fmt = requested
     if fmt == "auto":
-        fmt = "prompt_response" if prompt_field in columns and response_field in columns else "text"
+        fmt = ("chat" if messages_field in columns else
+               "prompt_response" if prompt_field in columns and response_field in columns else "text")
+    if fmt == "chat" and messages_field not in columns:
+        raise DataError(f"column {messages_field!r} not in {source} (columns: {cols}); pass --messages-field NAME")
     if fmt == "text" and text_column not in columns:
         raise DataError(f"column {text_column!r} not in {source} (columns: {cols}); pass --text-column NAME, or "
                         f"--prompt-field/--response-field for prompt/response data")
@@ -194,11 +215,14 @@ def tokenize_text(ds: Any, tokenizer: Any, column: str, max_length: int, pack: b
 
 def tokenize_prompt_response(ds: Any, tokenizer: Any, prompt_field: str, response_field: str, max_length: int,
                              separator: str | None, add_eos: bool, progress: bool = False,
-                             desc: str = "tokenising") -> tuple[TokenData, dict[str, int]]:
-    """Tokenise prompt/response rows: prompt (with the tokenizer's special tokens) + separator + response + EOS."""
+                             desc: str = "tokenising", pad_with_eos: bool = False) -> tuple[TokenData, dict[str, int]]:
+    """Tokenise prompt/response rows: prompt (with the tokenizer's special tokens) + separator + response + EOS
+    (`pad_with_eos`: EOS up to `max_length`, LLaDA's SFT rows)."""
     from tqdm.auto import tqdm
 
-    end = eos_token_id(tokenizer) if add_eos else None
+    end = eos_token_id(tokenizer) if add_eos or pad_with_eos else None
+    if pad_with_eos and end is None:
+        raise DataError("--pad-with-eos needs an EOS token; this tokenizer has none")
     sep = tokenizer(separator, add_special_tokens=False)["input_ids"] if separator else []
     rows_out: list[np.ndarray] = []
     prompt_lens: list[int] = []
@@ -219,6 +243,8 @@ def tokenize_prompt_response(ds: Any, tokenizer: Any, prompt_field: str, respons
                 if len(p) + len(r) > max_length:
                     r = r[: max_length - len(p)]
                     truncated += 1
+                if pad_with_eos:
+                    r = r + [end] * (max_length - len(p) - len(r))
                 rows_out.append(np.asarray(p + r, dtype=np.int32))
                 prompt_lens.append(len(p))
     if not rows_out:
@@ -248,7 +274,11 @@ def prepare_data(cfg: Any, tokenizer: Any, model_config: Any, progress: bool = T
     if len(ds) == 0:
         raise DataError(f"dataset {cfg.data} has no examples in split {cfg.split!r}; check the path and --split")
     fmt = detect_format(list(ds.column_names), cfg.data_format, cfg.text_column, cfg.prompt_field,
-                        cfg.response_field, cfg.data)
+                        cfg.response_field, cfg.data, cfg.messages_field)
+    if fmt == "chat":
+        from .chat import resolve_template
+
+        resolve_template(tokenizer, cfg.chat_template)
     if cfg.max_examples is not None:
         ds = ds.select(range(min(len(ds), cfg.max_examples)))
     val_ds = None
@@ -256,7 +286,7 @@ def prepare_data(cfg: Any, tokenizer: Any, model_config: Any, progress: bool = T
         val_ds = load_source(cfg.val_data, "validation" if not Path(cfg.val_data).is_file() else "train",
                              cfg.data_config)
         detect_format(list(val_ds.column_names), fmt, cfg.text_column, cfg.prompt_field, cfg.response_field,
-                      cfg.val_data)
+                      cfg.val_data, cfg.messages_field)
     elif cfg.val_split > 0:
         if len(ds) < 2:
             raise DataError(f"dataset {cfg.data} has only {len(ds)} document; hold-out needs at least 2 (pass "
@@ -271,12 +301,18 @@ def prepare_data(cfg: Any, tokenizer: Any, model_config: Any, progress: bool = T
     def tok(d: Any, desc: str) -> tuple[TokenData, dict[str, int]]:
         if fmt == "text":
             return tokenize_text(d, tokenizer, cfg.text_column, max_length, pack, cfg.add_eos, progress, desc)
+        if fmt == "chat":
+            from .chat import tokenize_chat
+
+            return tokenize_chat(d, tokenizer, cfg.messages_field, max_length, eos_token_id(tokenizer),
+                                 cfg.pad_with_eos, progress, desc)
         return tokenize_prompt_response(d, tokenizer, cfg.prompt_field, cfg.response_field, max_length,
-                                        cfg.separator, cfg.add_eos, progress, desc)
+                                        cfg.separator, cfg.add_eos, progress, desc, cfg.pad_with_eos)
 
     train, train_stats = tok(ds, "tokenising train")
     if len(train) == 0:
-        what = f"column {cfg.text_column!r}" if fmt == "text" else "prompt/response rows that fit --max-length"
+        what = (f"column {cfg.text_column!r}" if fmt == "text" else "chat rows with an assistant turn" if fmt == "chat"
+                else "prompt/response rows that fit --max-length")
         raise DataError(f"dataset {cfg.data} has no usable examples ({what}); check the data, or raise "
                         f"--max-length")
     val = None

@@ -133,9 +133,13 @@ class MaskedBatch:
 
 def maskable_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                        unmaskable: torch.Tensor | None = None,
-                       prompt_lengths: torch.Tensor | None = None) -> torch.Tensor:
-    """Bool [B, L]: real (attended) tokens that are not in the `unmaskable` id table [V] and not in the prompt."""
+                       prompt_lengths: torch.Tensor | None = None,
+                       trainable: torch.Tensor | None = None) -> torch.Tensor:
+    """Bool [B, L]: real (attended) tokens that are not in the `unmaskable` id table [V] and not in the prompt;
+    with `trainable` [B, L] (chat data: the assistant turns, their end-of-turn tokens included) exactly those."""
     ok = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    if trainable is not None:
+        return ok & trainable.to(input_ids.device)
     if unmaskable is not None:
         ok = ok & ~unmaskable.to(input_ids.device)[input_ids]
     if prompt_lengths is not None:

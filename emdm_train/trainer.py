@@ -36,7 +36,9 @@ from emdm_models.loading import FLAGS, add_mask_token, eos_token_id, load_tokeni
 
 from .checkpoints import STATE_DIR, checkpoint_dirs, checkpoint_problem, list_checkpoints, read_manifest, \
     write_manifest
+from . import lora
 from .augment import apply_augment, load_augment
+from .lora import quantization_kwargs
 from .config import TrainConfig, masking_options
 from .corpus import DataBundle, TokenData, prepare_data
 from .errors import TrainConfigError, TrainError
@@ -45,6 +47,7 @@ from .masking import MASKINGS, MaskingSchedule, Noise, UniformMasking, maskable_
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "emdm_train_config.yaml"
+SHARDED_STATE = "accelerate"  # sharded optimizer state (FSDP / DeepSpeed), in accelerate's layout
 LOG_FILE = "train_log.jsonl"
 
 
@@ -142,26 +145,42 @@ class TrainResult:
 # --- the loop --------------------------------------------------------------------------------------------------
 
 
+def trackers(report_to: str) -> list[str]:
+    """accelerate's `log_with` for --report-to: each named tracker must be installed (auto: TensorBoard if it is)."""
+    from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+    if report_to == "none":
+        return []
+    if report_to == "auto":
+        return ["tensorboard"] if is_tensorboard_available() else []
+    available = {"tensorboard": (is_tensorboard_available, "tensorboard"), "wandb": (is_wandb_available, "wandb")}
+    names = [n for n in report_to.split(",") if n]
+    for name in names:
+        check, package = available[name]
+        if not check():
+            raise TrainConfigError(f"--report-to {name} needs the {package} package: pip install {package} (or "
+                                   f"--report-to none)")
+    return names
+
+
 class Trainer:
     """Builds everything from a `TrainConfig` and runs the loop (`run`)."""
 
     def __init__(self, cfg: TrainConfig):
         from accelerate import Accelerator
-        from accelerate.utils import is_tensorboard_available
 
         self.cfg = cfg.validate()
         self.output = Path(os.path.expanduser(cfg.output))
-        log_with = None
-        if cfg.report_to == "tensorboard" or (cfg.report_to == "auto" and is_tensorboard_available()):
-            if not is_tensorboard_available():
-                raise TrainConfigError("--report-to tensorboard needs the tensorboard package: pip install "
-                                       "tensorboard (or --report-to none)")
-            log_with = "tensorboard"
+        log_with = trackers(cfg.report_to) or None
         self.log_with = log_with
         # several processes without CUDA (torchrun, `accelerate launch --multi_gpu` on a CPU machine): gloo on CPU
         cpu = cfg.cpu or (not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
         self.acc = Accelerator(cpu=cpu, mixed_precision=resolve_mixed_precision(cfg), log_with=log_with,
                                project_dir=str(self.output))
+        from accelerate.utils import DistributedType
+
+        # FSDP / DeepSpeed shard the optimizer state over processes: it is saved and restored through accelerate
+        self.sharded = self.acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
         self.world = self.acc.num_processes
         self.rank = self.acc.process_index
         self.main = self.acc.is_main_process
@@ -249,11 +268,14 @@ class Trainer:
         os.replace(tmp, path)
 
     def _build_model(self, resume_dir: Path | None) -> None:
-        """Config, tokenizer and network (pretrained, or random init from a config), through the model family."""
+        """Config, tokenizer and network (pretrained, or random init from a config), through the model family;
+        with --lora the base of --model wrapped with adapters (a resumed run's adapters from its checkpoint)."""
         cfg = self.cfg
-        source = str(resume_dir) if resume_dir else cfg.model
+        # a LoRA checkpoint holds the adapter only: the base always comes from --model
+        base_from_model = resume_dir is None or cfg.lora
+        source = cfg.model if base_from_model else str(resume_dir)
         config, weights, path = read_config(source, cfg.trust_remote_code, FLAGS,
-                                            None if resume_dir else cfg.config_overrides)
+                                            cfg.config_overrides if base_from_model else None)
         pretrained = weights and (bool(resume_dir) or not cfg.from_scratch)
         tok_source = str(resume_dir) if resume_dir else (cfg.tokenizer or cfg.model)
         if not resume_dir and not cfg.tokenizer and not pretrained and os.path.isfile(os.path.expanduser(cfg.model)):
@@ -261,9 +283,13 @@ class Trainer:
         self.tokenizer = load_tokenizer(tok_source, cfg.trust_remote_code, FLAGS)
         torch.manual_seed(mix_seed(cfg.seed, 0, 3))  # same random init on every process
         family = adapter_for(config)
+        if cfg.lora and not weights:
+            raise TrainConfigError(f"--lora adapts pretrained weights, and {cfg.model} has none; pass a checkpoint "
+                                   f"with weights, or drop --lora")
         try:
             if pretrained:
-                self.model = family.load_model(path, config, torch.float32, cfg.trust_remote_code)
+                self.model = family.load_model(path, config, torch.float32, cfg.trust_remote_code,
+                                               **quantization_kwargs(cfg))
             else:
                 if getattr(config, "vocab_size", len(self.tokenizer)) < len(self.tokenizer):
                     logger.warning("config vocab_size %s < tokenizer size %s: using %s", config.vocab_size,
@@ -274,6 +300,16 @@ class Trainer:
             raise TrainError(f"cannot load the weights of {source}: {first_line(exc)}") from None
         if cfg.add_mask_token:
             add_mask_token(self.tokenizer, self.model)
+        if cfg.gradient_checkpointing:
+            if not getattr(self.model, "supports_gradient_checkpointing", False):
+                raise TrainConfigError(f"--gradient-checkpointing: {type(self.model).__name__} does not support "
+                                       f"activation checkpointing; drop the flag")
+            self.model.activation_checkpointing_enable({"use_reentrant": False})
+        self.family, self.base_path, self.base_config = family, path, config
+        if cfg.lora:
+            self.model = lora.wrap(self.model, cfg, family, lora.base_reference(cfg.model), resume_dir)
+            self.log(f"LoRA ({'resumed from ' + str(resume_dir) if resume_dir else 'new'}): "
+                     f"{lora.trainable_summary(self.model)}")
         self.mask_token_id = resolve_mask_token(family, self.model.config, self.tokenizer, cfg.mask_token_id, source,
                                                 FLAGS)
         self.forward_logits = family.forward_logits
@@ -346,7 +382,7 @@ class Trainer:
             gen = torch.Generator().manual_seed(augment_seed)
             ids = apply_augment(run.augment, self.cfg.augment, ids, plen, gen)
         ids, attn, plen = ids.to(self.device), attn.to(self.device), plen.to(self.device)
-        maskable = maskable_positions(ids, attn, run.unmaskable, plen)
+        maskable = maskable_positions(ids, attn, run.unmaskable, plen, data.collate_trainable(rows, ids.shape[1]))
         logits_fn = self._probe if schedule.needs_model else None
         return schedule(ids, maskable, noise=noise.take(slice(None), ids.shape[1]).to(self.device),
                         attention_mask=attn, logits_fn=logits_fn), attn
@@ -355,20 +391,26 @@ class Trainer:
     def save_checkpoint(self, run: "Run", state: "RunState", step: int) -> Path:
         """Write checkpoint-<step> atomically (model, tokenizer, surprise table, optimizer/scheduler state)."""
         final = self.output / f"checkpoint-{step}"
+        tmp = self.output / f"checkpoint-{step}.tmp"
+        state_dir = tmp / STATE_DIR
         self.acc.wait_for_everyone()
-        state_dict = self.acc.get_state_dict(self.model)
+        state_dict = self.acc.get_state_dict(self.model)  # gathered in full (FSDP, ZeRO-3) on the main process
         if self.main:
-            tmp = self.output / f"checkpoint-{step}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             model = self.acc.unwrap_model(self.model)
             model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             run.table.save(tmp)
             self.cfg.save_yaml(tmp / CONFIG_FILE)
-            state_dir = tmp / STATE_DIR
             state_dir.mkdir()
-            torch.save(run.optimizer.state_dict(), state_dir / "optimizer.pt")
             torch.save(run.scheduler.state_dict(), state_dir / "scheduler.pt")
+            if not self.sharded:
+                torch.save(run.optimizer.state_dict(), state_dir / "optimizer.pt")
+        if self.sharded:  # FSDP / DeepSpeed: every process writes its shard of the optimizer state (accelerate)
+            self.acc.wait_for_everyone()
+            self.acc.save_state(str(state_dir / SHARDED_STATE))
+            self.acc.wait_for_everyone()
+        if self.main:
             examples = step * self.cfg.batch_size
             record = {"step": step, "max_steps": run.max_steps, "examples_seen": examples,
                       "epoch": examples // run.n_train, "position_in_epoch": examples % run.n_train,
@@ -421,7 +463,14 @@ class Trainer:
         """Restore optimizer, scheduler and progress from `run.resume_dir`; return the step to continue at."""
         state_dir = run.resume_dir / STATE_DIR
         saved = json.loads((state_dir / "state.json").read_text())
-        run.optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", map_location="cpu", weights_only=True))
+        if (state_dir / SHARDED_STATE).is_dir() != self.sharded:
+            raise TrainError(f"{run.resume_dir} was written {'with' if not self.sharded else 'without'} FSDP/DeepSpeed "
+                             f"sharding; resume it under the same accelerate configuration")
+        if self.sharded:
+            self.acc.load_state(str(state_dir / SHARDED_STATE))
+        else:
+            run.optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", map_location="cpu",
+                                                     weights_only=True))
         run.scheduler.load_state_dict(torch.load(state_dir / "scheduler.pt", map_location="cpu",
                                                  weights_only=False))
         self._check_same_recipe(run.resume_dir)
@@ -479,7 +528,7 @@ class Trainer:
             chunk = rows[start:start + run.micro]
             ids, attn, plen = val.collate(chunk, self.pad_token_id)
             ids, attn, plen = ids.to(self.device), attn.to(self.device), plen.to(self.device)
-            maskable = maskable_positions(ids, attn, run.unmaskable, plen)
+            maskable = maskable_positions(ids, attn, run.unmaskable, plen, val.collate_trainable(chunk, ids.shape[1]))
             noise = run.eval_noise.take(torch.from_numpy(chunk), ids.shape[1]).to(self.device)
             mb = run.eval_schedule(ids, maskable, noise=noise, attention_mask=attn)
             with self.acc.autocast():
@@ -505,6 +554,13 @@ class Trainer:
         augment = load_augment(cfg.augment) if cfg.augment else None  # a bad spec fails before any loading
         resume_dir = self._prepare_output()
         micro, accum = batch_geometry(cfg, self.world)
+        from accelerate.utils import DistributedType
+
+        if accum > 1 and self.acc.distributed_type == DistributedType.DEEPSPEED:
+            # DeepSpeed steps its engine inside every backward: emdm's accumulation would step too often
+            raise TrainConfigError(f"under DeepSpeed, --batch-size {cfg.batch_size} must be processes ({self.world}) "
+                                   f"x --micro-batch-size, without accumulation (here {accum} steps); raise "
+                                   f"--micro-batch-size, or use the FSDP recipe")
         self._build_model(resume_dir)
         data = prepare_data(cfg, self.tokenizer, self.model.config, progress=self.main and cfg.progress)
         for split, stats in data.stats.items():
@@ -648,6 +704,11 @@ class Trainer:
         if state.last_saved != final_step:
             self.save_checkpoint(run, state, final_step)
         self.export_final(self.output / f"checkpoint-{final_step}")
+        if cfg.merge_lora and self.main:
+            merged = lora.write_merged(self.output, self.output, self.family, self.base_config, self.base_path,
+                                       self.tokenizer, run.table, cfg.trust_remote_code)
+            self.log(f"merged base + adapter: {merged} (load it with pretrained={merged})")
+        self.acc.wait_for_everyone()
         self.log(f"done: step {final_step}; model saved to {self.output} (load it with pretrained={self.output})")
         self.acc.end_training()
         return TrainResult(self.output, final_step, state.last_eval, self.history)

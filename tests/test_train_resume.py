@@ -108,3 +108,36 @@ def test_unusable_output_folders_are_one_line(tiny, tmp_path, capsys, where):
         out = Path("/proc/emdm-run")
     code, io = run(args(tiny, out, 2), capsys)
     assert code == 2 and io.err.count("\n") == 1 and io.err.startswith("error:") and "Traceback" not in io.err
+
+
+def test_sharded_optimizer_state_round_trips_through_accelerate(tiny, tmp_path, monkeypatch):
+    """The FSDP / DeepSpeed checkpoint path (optimizer state through accelerate's save_state / load_state), run on
+    one CPU process: accelerate shards only on accelerators, so this checks emdm's side of it (what is written, the
+    refusal to mix layouts, exact resume), not the sharding."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from emdm_train.config import parse_args
+    from emdm_train.trainer import SHARDED_STATE, STATE_DIR, Trainer
+
+    def trainer(out, *extra, sharded=True):
+        t = Trainer(parse_args(args(tiny, out, 6, "--eval-every", "0", *extra)))
+        t.sharded = sharded
+        return t
+
+    trainer(tmp_path / "full").run()
+    out = tmp_path / "cut"
+    trainer(out).run()
+    state = out / "checkpoint-4" / STATE_DIR
+    assert (state / SHARDED_STATE).is_dir() and not (state / "optimizer.pt").exists()
+    assert read_manifest(out / "checkpoint-4") and checkpoint_problem(out / "checkpoint-4") is None
+    shutil.rmtree(out / "checkpoint-6")  # as if killed after checkpoint-4
+    for f in out.glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(Exception, match="same accelerate configuration"):
+        trainer(out, "--resume", sharded=False).run()
+    trainer(out, "--resume").run()
+    a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MaskedLMOutput
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[SEP]", "[MASK]", "[EOS]")
@@ -90,8 +91,9 @@ class SudokuConfig(PretrainedConfig):
         super().__init__(pad_token_id=pad_token_id, eos_token_id=eos_token_id, **kwargs)
 
 
-class SudokuBlock(nn.Module):
-    """Pre-LN transformer block: self-attention then a GELU MLP, both residual."""
+class SudokuBlock(GradientCheckpointingLayer):
+    """Pre-LN transformer block: self-attention then a GELU MLP, both residual (a transformers
+    `GradientCheckpointingLayer`: `model.gradient_checkpointing_enable()` recomputes it in the backward pass)."""
 
     def __init__(self, config: SudokuConfig) -> None:
         super().__init__()
@@ -122,6 +124,7 @@ class SudokuForMaskedLM(PreTrainedModel):
     base_model_prefix = "sudoku"
     _no_split_modules = ["SudokuBlock"]
     _supports_sdpa = True
+    supports_gradient_checkpointing = True
 
     def __init__(self, config: SudokuConfig) -> None:
         super().__init__(config)

@@ -37,6 +37,7 @@ class BackboneDenoiser(Denoiser):
     """A family on a transformers backbone (see the module docstring)."""
 
     supports_cache = True
+    lora_target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     foreign_model_types: ClassVar[tuple[str, ...]] = ()  # config.json model types this family converts
     key_mapping: ClassVar[dict[str, str] | None] = None  # checkpoint weight names (regex) -> backbone names
 
@@ -64,7 +65,8 @@ class BackboneDenoiser(Denoiser):
                               f"trust_remote_code=True to run the checkpoint's own code")
 
     @classmethod
-    def load_model(cls, path: str, config: Any, dtype: torch.dtype, trust_remote_code: bool) -> torch.nn.Module:
+    def load_model(cls, path: str, config: Any, dtype: torch.dtype, trust_remote_code: bool,
+                   **load_kwargs: Any) -> torch.nn.Module:
         foreign = os.path.isdir(path) and raw_config(path).get("model_type") in cls.foreign_model_types
         mapping = cls.key_mapping if foreign else None
         from ..loading import quiet_transformers
@@ -72,7 +74,8 @@ class BackboneDenoiser(Denoiser):
         try:
             with quiet_transformers():  # a mismatch is reported below, in one line
                 model, info = cls.lm_class(config).from_pretrained(path, config=config, dtype=dtype,
-                                                                   key_mapping=mapping, output_loading_info=True)
+                                                                   key_mapping=mapping, output_loading_info=True,
+                                                                   **load_kwargs)
         except RuntimeError as exc:  # transformers raises on mismatched shapes
             raise CheckpointError(f"{path}: the {cls.name} weights do not fit its config ({str(exc).splitlines()[0]}"
                                   f"); pass adapter=remote trust_remote_code=True to run the checkpoint's own "

@@ -18,9 +18,10 @@ class MaskedLMDenoiser(Denoiser):
         return True
 
     @classmethod
-    def load_model(cls, path: str, config: Any, dtype: torch.dtype, trust_remote_code: bool) -> torch.nn.Module:
+    def load_model(cls, path: str, config: Any, dtype: torch.dtype, trust_remote_code: bool,
+                   **load_kwargs: Any) -> torch.nn.Module:
         try:
-            return super().load_model(path, config, dtype, trust_remote_code)
+            return super().load_model(path, config, dtype, trust_remote_code, **load_kwargs)
         except ValueError as exc:
             if "Unrecognized configuration class" in str(exc):
                 raise no_mask_head_error(path, config) from None

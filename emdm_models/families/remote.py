@@ -41,10 +41,11 @@ class RemoteDenoiser(Denoiser):
         return Denoiser.default_mask_token_id(config, tokenizer)
 
     @classmethod
-    def load_model(cls, path: str, config: Any, dtype: torch.dtype, trust_remote_code: bool) -> torch.nn.Module:
+    def load_model(cls, path: str, config: Any, dtype: torch.dtype, trust_remote_code: bool,
+                   **load_kwargs: Any) -> torch.nn.Module:
         from emdm_core.errors import CheckpointError
 
-        model = super().load_model(path, config, dtype, trust_remote_code)
+        model = super().load_model(path, config, dtype, trust_remote_code, **load_kwargs)
         for name, buffer in model.named_buffers():
             # transformers 5 refills non-persistent buffers with uninitialised memory on loading; code that does
             # not recompute its rotary frequencies (Dream's) then computes garbage without an error
