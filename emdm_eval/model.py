@@ -33,7 +33,8 @@ from emdm_core.errors import ConfigError, InputTooLongError
 from emdm_core.launch import relaunch_on_cpu, requested_cpu_processes
 from emdm_core.seeds import stable_seed
 from emdm_core.typed import at_least, option
-from emdm_models.loading import load_denoiser
+from emdm_core.prompts import encode_prompts, training_prompts
+from emdm_models.loading import load_denoiser, resolve_embedded
 from emdm_sampling import SamplerConfig, generate
 
 from .likelihood import elbo_loglikelihood
@@ -80,6 +81,11 @@ class EMDMArgs:
     truncation: str = option("error", "a too long prompt is an error, or loses its oldest tokens (left)",
                              choices=("error", "left"))
     add_bos_token: bool = option(True, "put the tokenizer's BOS (or CLS) token in front of prompts")
+    prompt_format: str = option("auto", "how prompts become ids: bos (the BOS/CLS id in front, lm-eval's way), "
+                                        "tokenizer (the tokenizer's own special tokens, e.g. [CLS] ... [SEP], then "
+                                        "the fine-tuning separator: emdm_train's prompt/response rows), auto "
+                                        "(tokenizer for checkpoints emdm_train fine-tuned on prompt/response data, "
+                                        "else bos)", choices=("auto", "bos", "tokenizer"))
     chat_template: str | None = option(None, "a Jinja chat template (a file path or the template itself)")
     seed: int | None = option(None, "base seed (default: lm-eval's torch seed, --seed)")
 
@@ -203,6 +209,11 @@ class EMDMLM(TemplateLM):
         if args.chat_template:
             self._set_chat_template(str(args.chat_template))
         self._bos = self._find_bos()
+        recorded = training_prompts(self.peft, resolve_embedded(self.pretrained))
+        self.prompt_format = args.prompt_format
+        if self.prompt_format == "auto":
+            self.prompt_format = "tokenizer" if recorded is not None else "bos"
+        self._separator = recorded.separator if recorded is not None else None
         eos = self.denoiser.eos_token_id
         self._eos_str = (self.tokenizer.decode([eos], skip_special_tokens=False)
                          if eos is not None and eos < len(self.tokenizer) else None)
@@ -293,6 +304,19 @@ class EMDMLM(TemplateLM):
         if add_special_tokens is False or not self.add_bos_token or self._bos is None:
             return ids
         return ids if ids[:1] == [self._bos] else [self._bos] + ids
+
+    def encode_prompt(self, context: str) -> list[int]:
+        """A generation prompt's ids under `prompt_format`: as emdm_train built the checkpoint's prompt/response
+        rows (`tokenizer`), or with lm-eval's BOS convention (`bos`)."""
+        if self.prompt_format == "tokenizer":
+            return encode_prompts(self.tokenizer, [context], self._separator)[0]
+        return self.tok_encode(context)
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        if self.prompt_format != "tokenizer":
+            return super()._encode_pair(context, continuation)
+        # the response is tokenised on its own after the prompt's special tokens and separator, as in training
+        return self.encode_prompt(context), self.tok_encode(continuation, add_special_tokens=False)
 
     def tok_decode(self, tokens: list[int]) -> str:
         vocab = len(self.tokenizer)
@@ -498,7 +522,7 @@ class EMDMLM(TemplateLM):
         for i, req in enumerate(requests):
             context, gen_kwargs = req.args
             config, until = self._request_config(gen_kwargs)
-            prepared.append(_Request(i, self._fit_prompt(self.tok_encode(context), config.gen_length), config, until))
+            prepared.append(_Request(i, self._fit_prompt(self.encode_prompt(context), config.gen_length), config, until))
         # requests that decode alike are batched together, longest prompts first (lm-eval's own Collator)
         batches = Collator(prepared, sort_fn=lambda r: (-len(r.prompt), r.index),
                            group_fn=lambda r: {"config": r.config.key()}, group_by="gen_kwargs")

@@ -27,6 +27,7 @@ import torch
 
 from emdm_core.errors import first_line
 from emdm_core.paths import looks_local
+from emdm_core.prompts import encode_prompts
 from emdm_models.denoiser import config_max_length
 from emdm_models.loading import eos_token_id
 
@@ -223,7 +224,6 @@ def tokenize_prompt_response(ds: Any, tokenizer: Any, prompt_field: str, respons
     end = eos_token_id(tokenizer) if add_eos or pad_with_eos else None
     if pad_with_eos and end is None:
         raise DataError("--pad-with-eos needs an EOS token; this tokenizer has none")
-    sep = tokenizer(separator, add_special_tokens=False)["input_ids"] if separator else []
     rows_out: list[np.ndarray] = []
     prompt_lens: list[int] = []
     truncated = dropped = 0
@@ -232,10 +232,9 @@ def tokenize_prompt_response(ds: Any, tokenizer: Any, prompt_field: str, respons
             prompts = ["" if p is None else str(p) for p in rows[prompt_field]]
             responses = ["" if r is None else str(r) for r in rows[response_field]]
             bar.update(len(prompts))
-            p_ids = tokenizer(prompts, add_special_tokens=True, return_attention_mask=False, verbose=False)
+            p_ids = encode_prompts(tokenizer, prompts, separator)  # as emdm_eval prompts the checkpoint
             r_ids = tokenizer(responses, add_special_tokens=False, return_attention_mask=False, verbose=False)
-            for p, r in zip(p_ids["input_ids"], r_ids["input_ids"]):
-                p = list(p) + sep
+            for p, r in zip(p_ids, r_ids["input_ids"]):
                 r = list(r) + ([end] if end is not None else [])
                 if len(p) >= max_length:
                     dropped += 1

@@ -116,6 +116,10 @@ def write_merged(output: Path, adapter_dir: Path, family: Any, config: Any, base
     merged.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     table.save(tmp)
+    from emdm_core.prompts import RECIPE_FILE
+
+    if (adapter_dir / RECIPE_FILE).is_file():  # the merged model is prompted as it was fine-tuned
+        shutil.copy2(adapter_dir / RECIPE_FILE, tmp / RECIPE_FILE)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     return target

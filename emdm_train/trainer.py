@@ -14,6 +14,7 @@ Design choices that make runs reproducible and resumable:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from emdm_core.errors import first_line
+from emdm_core.prompts import RECIPE_FILE
 from emdm_core.seeds import mix_seed
 from emdm_core.surprise import SurpriseTable, special_token_ids
 from emdm_models.denoiser import adapter_for, output_vocab_size
@@ -46,7 +48,7 @@ from .masking import MASKINGS, MaskingSchedule, Noise, UniformMasking, maskable_
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "emdm_train_config.yaml"
+CONFIG_FILE = RECIPE_FILE  # the recipe beside the weights (emdm_eval reads its prompt format)
 SHARDED_STATE = "accelerate"  # sharded optimizer state (FSDP / DeepSpeed), in accelerate's layout
 LOG_FILE = "train_log.jsonl"
 
@@ -401,7 +403,8 @@ class Trainer:
             model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             run.table.save(tmp)
-            self.cfg.save_yaml(tmp / CONFIG_FILE)
+            # the data format as resolved (auto -> prompt_response ...): evaluation prompts the model as it trained
+            dataclasses.replace(self.cfg, data_format=run.data.format).save_yaml(tmp / CONFIG_FILE)
             state_dir.mkdir()
             torch.save(run.scheduler.state_dict(), state_dir / "scheduler.pt")
             if not self.sharded:

@@ -302,3 +302,40 @@ def test_auto_batch_size_and_max_length(tiny_checkpoints):
     assert lm.max_length == 64 and lm.batch_size == "auto"
     out = lm.generate_until([gen_req("the dog runs in the", doc_id=i, until=["."], max_gen_toks=4) for i in range(3)])
     assert len(out) == 3 and lm._auto_batch == 8  # on the CPU: min(max_batch_size, 8)
+
+
+def test_prompts_are_encoded_as_the_checkpoint_was_fine_tuned(tiny_checkpoints, tmp_path):
+    """A checkpoint emdm_train fine-tuned on prompt/response rows is prompted with the same ids its training rows
+    began with (the tokenizer's special tokens, then the separator), through lm-eval's generate and loglikelihood
+    paths; without a recipe, or with prompt_format=bos, lm-eval's BOS convention stays."""
+    import shutil
+
+    import datasets
+
+    from emdm_train.corpus import tokenize_prompt_response
+
+    ckpt = tmp_path / "tuned"
+    shutil.copytree(tiny_checkpoints["bert"], ckpt)
+    (ckpt / "emdm_train_config.yaml").write_text("data_format: prompt_response\nseparator: ' answer:'\n")
+    tuned = EMDMLM(pretrained=str(ckpt), steps=2, gen_length=2)
+    rows, _ = tokenize_prompt_response(datasets.Dataset.from_list([{"p": "the cat", "r": "sat down"}]),
+                                       tuned.tokenizer, "p", "r", 64, " answer:", add_eos=False)
+    row, prompt_len = rows.row(0).tolist(), int(rows.prompt_lengths[0])
+    assert tuned.prompt_format == "tokenizer"
+    assert tuned.encode_prompt("the cat") == row[:prompt_len]
+    assert tuned.encode_prompt("the cat") != tuned.tok_encode("the cat")  # lm-eval's BOS-first ids differ
+    context, continuation = tuned._encode_pair("the cat", "sat down")
+    assert context + continuation == row
+    # the decoded request really starts from those ids
+    seen = []
+    inner = tuned.denoiser.logits
+    tuned.denoiser.logits = lambda ids, *a, **k: (seen.append(ids[0].tolist()), inner(ids, *a, **k))[1]
+    tuned.generate_until([Instance("generate_until", {}, ("the cat", {"max_gen_toks": 2, "until": []}), 0)])
+    assert seen[0][:prompt_len] == row[:prompt_len]
+
+    plain = EMDMLM(pretrained=tiny_checkpoints["bert"], steps=2)
+    assert plain.prompt_format == "bos" and plain.encode_prompt("the cat") == plain.tok_encode("the cat")
+    forced = EMDMLM(pretrained=str(ckpt), steps=2, prompt_format="bos")
+    assert forced.encode_prompt("the cat") == plain.tok_encode("the cat") != row[:prompt_len]
+    (ckpt / "emdm_train_config.yaml").write_text("data_format: text\n")
+    assert EMDMLM(pretrained=str(ckpt), steps=2).prompt_format == "bos"

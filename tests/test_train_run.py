@@ -183,6 +183,16 @@ def test_prompt_response_format_trains_only_the_response(setup, tmp_path):
         bundle.train.lengths - bundle.train.prompt_lengths).tolist()
     result = train(cfg)
     assert result.step == 6 and (tmp_path / "out" / "model.safetensors").is_file()
+    # the recipe beside the weights records the resolved format, so lm-eval prompts the model as it trained
+    import yaml
+
+    from emdm_eval.model import EMDMLM
+
+    assert cfg.data_format == "auto"
+    assert yaml.safe_load((tmp_path / "out" / "emdm_train_config.yaml").read_text())["data_format"] == \
+        "prompt_response"
+    lm = EMDMLM(pretrained=str(tmp_path / "out"), steps=2)
+    assert lm.prompt_format == "tokenizer" and lm.encode_prompt(q) == row[:plen]
 
 
 @pytest.mark.parametrize("masking,extra", [("llada", {}), ("entropy", {"entropy_probe_passes": 1}),

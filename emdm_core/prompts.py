@@ -1,0 +1,54 @@
+"""How a prompt becomes token ids, the same at fine-tuning and at evaluation.
+
+`emdm_train` builds a prompt/response row as tokenizer(prompt) with the tokenizer's own special tokens (its
+post-processor: BERT's [CLS] ... [SEP], the Sudoku tokenizer's trailing [SEP]) + the run's separator + response +
+EOS, and records the recipe (`emdm_train_config.yaml`) beside the weights. `emdm_eval` reads that recipe so a
+fine-tuned checkpoint is prompted exactly as it was trained (`prompt_format=auto`); a model that never saw a
+[SEP] before its answer would otherwise decode from a shifted, unfamiliar layout.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+RECIPE_FILE = "emdm_train_config.yaml"
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str], separator: str | None) -> list[list[int]]:
+    """The prompt part of prompt/response rows: each prompt with the tokenizer's special tokens, then the
+    separator's ids (no special tokens of its own)."""
+    sep = list(tokenizer(separator, add_special_tokens=False)["input_ids"]) if separator else []
+    ids = tokenizer(list(prompts), add_special_tokens=True, return_attention_mask=False, verbose=False)["input_ids"]
+    return [list(p) + sep for p in ids]
+
+
+@dataclass(frozen=True)
+class TrainingPrompts:
+    """How the prompts of a checkpoint's fine-tuning data were encoded (from its recipe)."""
+
+    separator: str | None
+    recipe: Path
+
+
+def training_prompts(*directories: str | os.PathLike | None) -> TrainingPrompts | None:
+    """The prompt encoding recorded by `emdm_train` in the first of `directories` that holds a recipe, when that
+    run trained on prompt/response rows; None for any other checkpoint (text or chat data, or not emdm_train's)."""
+    import yaml
+
+    for directory in directories:
+        if directory is None:
+            continue
+        path = Path(directory) / RECIPE_FILE
+        try:
+            if not path.is_file():
+                continue
+        except OSError:  # a Hub id that is no valid path
+            continue
+        recipe = yaml.safe_load(path.read_text()) or {}
+        if recipe.get("data_format") != "prompt_response":
+            return None
+        return TrainingPrompts(separator=recipe.get("separator"), recipe=path)
+    return None
