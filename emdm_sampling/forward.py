@@ -35,12 +35,23 @@ class Logits:
     start: int  # first window column held
     width: int  # window width (all columns)
 
-    def at(self, positions: torch.Tensor) -> torch.Tensor:
-        """[N, V] logits at the True entries of `positions` [b, width] (which must lie in the held columns)."""
+    def at(self, positions: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, V] logits at the True entries of `positions` [b, width] (which must lie in the held columns), written
+        into `out` when given (a reused buffer: on the CPU a fresh [N, V] tensor costs more in page faults than the
+        copy itself)."""
         held = positions[:, self.start:self.start + self.values.shape[1]]
         if held.sum() != positions.sum():
             raise RuntimeError("a strategy asked for logits outside the columns this pass computed")
-        return self.values[held]
+        values = self.values
+        b, w, vocab = values.shape
+        if out is None or values.stride(2) != 1 or values.stride(1) != vocab or values.stride(0) % vocab:
+            return values[held] if out is None else out.copy_(values[held])
+        # each position's logits are one contiguous row of the storage (the window is a column slice of the
+        # model's [b, L, V] output): gather those rows straight into `out`
+        row_stride = values.stride(0) // vocab
+        rows = torch.as_strided(values, ((b - 1) * row_stride + w, vocab), (vocab, 1))
+        where = held.nonzero()
+        return torch.index_select(rows, 0, where[:, 0] * row_stride + where[:, 1], out=out)
 
     def dense(self) -> torch.Tensor:
         """[b, width, V] with the columns that were not computed set to 0."""

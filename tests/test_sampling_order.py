@@ -185,3 +185,41 @@ def test_each_step_sees_the_tokens_revealed_so_far(fake_denoiser):
     den = fake_denoiser(fn=chain)
     out = generate(den, [[1]], sampler="top_prob", steps=4, gen_length=4)
     assert out.sequences[0] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("vocab", [5, 256, 300, 1025])
+def test_two_level_inverse_cdf_equals_the_full_float64_cdf(vocab):
+    """The proposal sampler's chunked CDF picks exactly the token a full float64 running sum picks, never a
+    zero-weight token (the mask), and a row's pick does not depend on the other rows."""
+    from emdm_sampling.loop import _inverse_cdf
+
+    g = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(400, vocab, generator=g) * 3
+    logits[:, 1] = torch.finfo(torch.float32).min  # the mask token
+    weights = (logits - logits.amax(-1, keepdim=True)).exp()
+    u = torch.rand(400, generator=g, dtype=torch.float64)
+    cdf = weights.double().cumsum(-1)
+    expected = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)
+    got = _inverse_cdf(weights, u)
+    assert torch.equal(got, expected)
+    assert (got != 1).all()
+    assert torch.equal(_inverse_cdf(weights[7:19], u[7:19]), got[7:19])
+
+
+def test_entropy_from_the_loop_exponentials_equals_the_textbook_entropy():
+    from emdm_sampling.strategies import StepContext
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 50, generator=g) * 2
+    log_z = torch.logsumexp(logits, -1)
+    shifted = (logits - logits.amax(-1, keepdim=True)).exp()
+    scored = torch.ones(2, 3, dtype=torch.bool)
+    common = dict(step=0, x=torch.zeros(2, 3, dtype=torch.long), dense_logits=lambda: None, scored=scored,
+                  flat_logits=logits, flat_log_z=log_z, x0=None, p_x0=None, masked=scored, eligible=scored,
+                  block=scored, fillable=scored, confidence=None, k=None, block_step=None, block_steps=None,
+                  threshold=None, rng=None, mask_token_id=0, surprise=None)
+    textbook = -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1).view(2, 3)
+    for extra in ({}, {"flat_exp": shifted, "flat_sum_exp": shifted.sum(-1)}):
+        ctx = StepContext(**common, **extra)
+        torch.testing.assert_close(ctx.entropy(), textbook, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ctx.flat_probs, torch.softmax(logits, -1))

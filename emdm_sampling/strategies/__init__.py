@@ -49,6 +49,10 @@ class StepContext:
     rows: torch.Tensor | None = None  # [B] indices of these rows in the whole batch (finished rows drop out)
     batch_size: int = 0  # rows in the whole batch
     state: dict[str, torch.Tensor] = field(default_factory=dict)  # the strategy's memory, whole-batch tensors
+    # [N, V] exp(logit - row max) at the scored positions and [N] their sums (the loop computes them for log Z;
+    # None: derived from flat_logits and flat_log_z)
+    flat_exp: torch.Tensor | None = None
+    flat_sum_exp: torch.Tensor | None = None
     order_noise: float = 0.0  # Gumbel noise coefficient on the ordering score (SamplerConfig.order_noise)
     order_noise_decay: str = "none"  # how the coefficient shrinks over a block's steps
 
@@ -98,7 +102,9 @@ class StepContext:
     @cached_property
     def flat_probs(self) -> torch.Tensor:
         """[N, V] softmax (temperature 1) at the scored positions."""
-        return torch.exp(self.flat_logits - self.flat_log_z.unsqueeze(-1))
+        if self.flat_exp is not None and self.flat_sum_exp is not None:
+            return self.flat_exp / self.flat_sum_exp.unsqueeze(-1)
+        return (self.flat_logits - self.flat_log_z.unsqueeze(-1)).exp_()
 
     @cached_property
     def probs(self) -> torch.Tensor:
@@ -114,8 +120,19 @@ class StepContext:
         return self.scatter(torch.exp(self.flat_logits.topk(k, dim=-1).values - self.flat_log_z.unsqueeze(-1)))
 
     def entropy(self) -> torch.Tensor:
-        """[B, W] predictive entropy in nats: H = log Z - sum_v p_v l_v, one pass over the vocabulary."""
-        return self.scatter(self.flat_log_z - (self.flat_probs * self.flat_logits).sum(-1))
+        """[B, W] predictive entropy in nats: H = log Z - sum_v p_v l_v, the sum a dot product per position (no
+        [N, V] product is materialised)."""
+        return self._entropy
+
+    @cached_property
+    def _entropy(self) -> torch.Tensor:
+        if self.flat_exp is not None and self.flat_sum_exp is not None:
+            weights, total = self.flat_exp, self.flat_sum_exp  # sum_v p_v l_v = (sum_v e_v l_v) / sum_v e_v
+        else:
+            weights, total = self.flat_probs, None
+        # the per-position dot product as a batched matmul: no [N, V] temporary, one read of each operand
+        dot = torch.bmm(weights.unsqueeze(1), self.flat_logits.unsqueeze(2)).flatten()
+        return self.scatter(self.flat_log_z - (dot if total is None else dot / total))
 
     def select(self, scores: torch.Tensor) -> torch.Tensor:
         """Reveal the top-`k` eligible positions by `scores` (or, with a threshold, all confident ones). With
