@@ -49,10 +49,10 @@ def _ablation(model: str, out: Path, tasks: Sequence[str], samplers: Sequence[st
         raise SystemExit(f"the ablation run into {out} failed (see above)")
 
 
-def gate_rate(out: Path) -> float:
-    """The gate's solved rate, from its results.csv."""
-    rows = list(csv.DictReader((out / "results.csv").open()))
-    return float(rows[0]["sudoku_easy/solved"])
+def gate_rates(out: Path) -> tuple[float, float]:
+    """The gate's solved rate and blank-cell accuracy, from its results.csv."""
+    row = next(csv.DictReader((out / "results.csv").open()))
+    return float(row["sudoku_easy/solved"]), float(row["sudoku_easy/cell_acc"])
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -65,9 +65,9 @@ def evaluate(args: argparse.Namespace) -> int:
     gate = out / "gate"
     _ablation(args.model, gate, ["sudoku_easy"], ["margin"], [""], GATE_PUZZLES, args.batch_size, args.device,
               args.threads)
-    rate = gate_rate(gate)
-    verdict = {"gate_solved": rate, "gate_puzzles": GATE_PUZZLES, "threshold": GATE_SOLVED,
-               "passed": rate >= GATE_SOLVED}
+    rate, cell_acc = gate_rates(gate)
+    verdict = {"gate_solved": rate, "gate_cell_acc": cell_acc, "gate_puzzles": GATE_PUZZLES,
+               "threshold": GATE_SOLVED, "passed": rate >= GATE_SOLVED}
     (out / "gate.json").write_text(json.dumps(verdict, indent=1) + "\n")
     if rate < GATE_SOLVED:
         print(f"gate: margin solved {rate:.1%} of {GATE_PUZZLES} easy puzzles (< {GATE_SOLVED:.0%}): the model did "
@@ -97,13 +97,20 @@ def _loss_summary(log: Path) -> list[str]:
     for step in marks:
         t, e = train_at.get(step), by_step.get(step)
         lines.append(f"| {step} | {t['loss']:.4f} |" if t else f"| {step} | - |")
-        lines[-1] += (f" {e['eval_loss']:.4f} | {e.get('eval_acc', float('nan')):.3f} |" if e else " - | - |")
+        acc = e.get("eval_accuracy", e.get("eval_acc")) if e else None
+        lines[-1] += (f" {e['eval_loss']:.4f} | " + ("-" if acc is None else f"{acc:.3f}") + " |" if e else " - | - |")
     return lines
 
 
-def _grid_table(rows: list[dict[str, str]]) -> list[str]:
-    lines = ["| decoder | sampler | easy solved (n=1000) | hard solved (n=500) | easy blank-cell acc | hard blank-cell "
-             "acc |", "|---|---|---:|---:|---:|---:|"]
+def _task_sizes(paired: list[dict[str, str]]) -> dict[str, str]:
+    """Puzzles per task in the grid (the paired comparisons' n), so a --limit run says what it covered."""
+    return {r["task"]: r["n"] for r in paired}
+
+
+def _grid_table(rows: list[dict[str, str]], sizes: dict[str, str]) -> list[str]:
+    easy, hard = sizes.get("sudoku_easy", "?"), sizes.get("sudoku_hard", "?")
+    lines = [f"| decoder | sampler | easy solved (n={easy}) | hard solved (n={hard}) | easy blank-cell acc | hard "
+             "blank-cell acc |", "|---|---|---:|---:|---:|---:|"]
     for opts, name in DECODERS.items():
         for sampler in SAMPLERS:
             row = next((r for r in rows if r["sampler"] == sampler and r["options"] == opts), None)
@@ -136,15 +143,17 @@ def report(args: argparse.Namespace) -> int:
     text = [f"## Run: `{res}`", ""]
     text += ["### Training (from `train_log.jsonl`)", "", *_loss_summary(res / "train_log.jsonl"), ""]
     text += [f"### Gate: margin at {STEPS} steps on the first {gate['gate_puzzles']} easy puzzles", "",
-             f"Solved: **{gate['gate_solved']:.1%}** (threshold {gate['threshold']:.0%}): "
+             f"Solved: **{gate['gate_solved']:.1%}** (threshold {gate['threshold']:.0%})"
+             + (f", blank-cell accuracy {gate['gate_cell_acc']:.1%}" if "gate_cell_acc" in gate else "") + ": "
              + ("passed, the grid below was run." if gate["passed"] else
                 "**did not learn at this budget** - the decoder grid was not run (at this solve rate it would "
                 "compare noise)."), ""]
     if gate["passed"]:
+        paired = _read_csv(res / "grid" / "paired.csv")
         text += [f"### Decoders x samplers at {STEPS} steps (`grid/results.csv`)", "",
-                 *_grid_table(_read_csv(res / "grid" / "results.csv")), "",
+                 *_grid_table(_read_csv(res / "grid" / "results.csv"), _task_sizes(paired)), "",
                  "### Paired comparisons on the same puzzles (`grid/paired.csv`)", "",
-                 *_paired_table(_read_csv(res / "grid" / "paired.csv")), ""]
+                 *_paired_table(paired), ""]
     body = "\n".join(text) + "\n"
     out = Path(args.out)
     start, end = "<!-- paper-setting results: begin -->", "<!-- paper-setting results: end -->"
