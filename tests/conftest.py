@@ -34,6 +34,20 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def demo_training_setup():
+    """Builds a tiny `family` checkpoint and a demo-corpus text file under a folder, for training-CLI tests:
+    `demo_training_setup(root, family) -> {"root", "model", "data"}`."""
+    from emdm_models.tiny import DEMO_CORPUS
+
+    def build(root, family: str) -> dict:
+        (root / "corpus.txt").write_text("\n".join(DEMO_CORPUS * 8))
+        return {"root": root, "model": str(build_tiny_checkpoint(root / family, family)),
+                "data": str(root / "corpus.txt")}
+
+    return build
+
+
+@pytest.fixture(scope="session")
 def bert_checkpoint(tiny_checkpoints) -> str:
     return tiny_checkpoints["bert"]
 

@@ -25,13 +25,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from emdm_models.tiny import DEMO_CORPUS, build_tiny_checkpoint
-
-    root = tmp_path_factory.mktemp("cli")
-    (root / "corpus.txt").write_text("\n".join(DEMO_CORPUS * 8))
-    return {"root": root, "model": str(build_tiny_checkpoint(root / "tiny", "bert")),
-            "data": str(root / "corpus.txt")}
+def tiny(tmp_path_factory, demo_training_setup):
+    return demo_training_setup(tmp_path_factory.mktemp("cli"), "bert")
 
 
 def recipe(tiny, out, steps: int, *extra: str) -> list[str]:

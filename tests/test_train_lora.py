@@ -25,13 +25,8 @@ pytest.importorskip("peft")
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    from emdm_models.tiny import DEMO_CORPUS, build_tiny_checkpoint
-
-    root = tmp_path_factory.mktemp("lora")
-    (root / "corpus.txt").write_text("\n".join(DEMO_CORPUS * 8))
-    return {"root": root, "model": str(build_tiny_checkpoint(root / "llada", "llada")),
-            "data": str(root / "corpus.txt")}
+def base(tmp_path_factory, demo_training_setup):
+    return demo_training_setup(tmp_path_factory.mktemp("lora"), "llada")
 
 
 def recipe(base, out, steps: int, *extra: str) -> list[str]:
