@@ -1,4 +1,4 @@
-"""How a prompt becomes token ids, the same at fine-tuning and at evaluation.
+"""How a prompt becomes token ids, the same at fine-tuning and at evaluation (and how a chat template is read).
 
 `emdm_train` builds a prompt/response row as tokenizer(prompt) with the tokenizer's own special tokens (its
 post-processor: BERT's [CLS] ... [SEP], the Sudoku tokenizer's trailing [SEP]) + the run's separator + response +
@@ -52,3 +52,14 @@ def training_prompts(*directories: str | os.PathLike | None) -> TrainingPrompts 
             return None
         return TrainingPrompts(separator=recipe.get("separator"), recipe=path)
     return None
+
+
+def read_chat_template(value: str) -> str:
+    """A Jinja chat template given as a file path or as the template itself (`--chat-template`,
+    `chat_template=`)."""
+    path = Path(os.path.expanduser(value))
+    try:
+        is_file = path.is_file()
+    except OSError:  # a long template string is no valid path
+        is_file = False
+    return path.read_text(encoding="utf-8") if is_file else value

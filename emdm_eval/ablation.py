@@ -160,17 +160,21 @@ def metric_names(rows: Sequence[dict[str, Any]]) -> list[str]:
     return names
 
 
-def write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Write the rows (union of their columns: settings, metrics with stderr, costs) atomically."""
-    metrics = metric_names(rows)
-    columns = KEY_COLUMNS + [c for m in metrics for c in (m, m + STDERR)] + COST_COLUMNS
+def write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    """Write `rows` as a CSV with `columns` atomically (a reader never sees half a file); None is written empty."""
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in columns})
     os.replace(tmp, path)
+
+
+def write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Write the rows (union of their columns: settings, metrics with stderr, costs) atomically."""
+    metrics = metric_names(rows)
+    write_csv(path, KEY_COLUMNS + [c for m in metrics for c in (m, m + STDERR)] + COST_COLUMNS, rows)
 
 
 # --- reports ---------------------------------------------------------------------------------------------------

@@ -125,11 +125,9 @@ def elbo_loglikelihood(
         noisy_cont = torch.where(m, torch.full_like(cont, mask_id).expand(b, L), cont.expand(b, L))
         seq = torch.cat([ctx.expand(b, len(ctx)), noisy_cont], dim=1)
         if cfg_scale > 0:  # LLaDA's guidance: the same draws with the context masked, in the same pass
-            uncond = torch.cat([torch.full_like(seq[:, :len(ctx)], mask_id), noisy_cont], dim=1)
-            both = denoiser.logits(torch.cat([seq, uncond]).to(device), torch.ones(2 * b, seq.shape[1],
-                                                                                  dtype=torch.long, device=device))
-            cond_logits, uncond_logits = both.chunk(2)
-            logits = uncond_logits + (cfg_scale + 1) * (cond_logits - uncond_logits)
+            context_columns = torch.arange(seq.shape[1]).expand(b, -1) < len(ctx)
+            logits = denoiser.guided_logits(seq.to(device), torch.ones_like(seq).to(device),
+                                            context_columns.to(device), cfg_scale)
         else:
             logits = denoiser.logits(seq.to(device), torch.ones_like(seq).to(device))  # [b, T, V]
         passes += 1

@@ -11,13 +11,13 @@ of processes. See the README ("Model arguments") for every argument.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -33,7 +33,7 @@ from emdm_core.errors import ConfigError, InputTooLongError
 from emdm_core.launch import relaunch_on_cpu, requested_cpu_processes
 from emdm_core.seeds import stable_seed
 from emdm_core.typed import at_least, option
-from emdm_core.prompts import encode_prompts, training_prompts
+from emdm_core.prompts import encode_prompts, read_chat_template, training_prompts
 from emdm_models.loading import load_denoiser, resolve_embedded
 from emdm_sampling import SamplerConfig, generate
 
@@ -122,11 +122,12 @@ def parse_model_args(kwargs: Mapping[str, Any], config_class: type = SamplerConf
     return args, config_class.from_kwargs(**kwargs)
 
 
-def _hf_generation_arguments() -> set[str]:
+@functools.lru_cache(maxsize=1)
+def _hf_generation_arguments() -> frozenset[str]:
     """Names transformers' `generate` takes (top_p, num_beams, ...): tasks set them; emdm ignores them."""
     from transformers import GenerationConfig
 
-    return set(GenerationConfig().to_dict()) | {"max_new_tokens", "min_new_tokens"}
+    return frozenset(GenerationConfig().to_dict()) | {"max_new_tokens", "min_new_tokens"}
 
 
 def _launched_world_size() -> int:
@@ -207,7 +208,7 @@ class EMDMLM(TemplateLM):
         self._device = self.denoiser.device
         self.tokenizer = self.denoiser.tokenizer
         if args.chat_template:
-            self._set_chat_template(str(args.chat_template))
+            self.tokenizer.chat_template = read_chat_template(str(args.chat_template))
         self._bos = self._find_bos()
         recorded = training_prompts(self.peft, resolve_embedded(self.pretrained))
         self.prompt_format = args.prompt_format
@@ -237,14 +238,6 @@ class EMDMLM(TemplateLM):
             raise ConfigError(f"{', '.join(unknown)} are model arguments, set when the model is built")
         self.sampler_config = self.config_class.from_kwargs(**kwargs)
         self._stats = defaultdict(Counter)
-
-    def _set_chat_template(self, value: str) -> None:
-        path = Path(os.path.expanduser(value))
-        try:
-            is_file = path.is_file()
-        except OSError:  # a long Jinja string is not a path
-            is_file = False
-        self.tokenizer.chat_template = path.read_text(encoding="utf-8") if is_file else value
 
     def _find_bos(self) -> int | None:
         tok = self.tokenizer
@@ -522,7 +515,8 @@ class EMDMLM(TemplateLM):
         for i, req in enumerate(requests):
             context, gen_kwargs = req.args
             config, until = self._request_config(gen_kwargs)
-            prepared.append(_Request(i, self._fit_prompt(self.encode_prompt(context), config.gen_length), config, until))
+            prompt = self._fit_prompt(self.encode_prompt(context), config.gen_length)
+            prepared.append(_Request(i, prompt, config, until))
         # requests that decode alike are batched together, longest prompts first (lm-eval's own Collator)
         batches = Collator(prepared, sort_fn=lambda r: (-len(r.prompt), r.index),
                            group_fn=lambda r: {"config": r.config.key()}, group_by="gen_kwargs")

@@ -9,7 +9,6 @@ only-B / neither counts, the difference of the rates with a 95% paired interval,
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from itertools import combinations
@@ -97,12 +96,10 @@ def paired_rows(points: Sequence[dict[str, Any]], outcomes: dict, all_pairs: boo
 
 
 def write_paired_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=PAIRED_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    """paired.csv: one row per comparison (PAIRED_COLUMNS), written atomically."""
+    from .ablation import write_csv
+
+    write_csv(path, PAIRED_COLUMNS, rows)
 
 
 def _label(row: dict[str, Any], side: str, with_setting: bool) -> str:
@@ -126,8 +123,8 @@ def paired_markdown(rows: Sequence[dict[str, Any]]) -> str:
     for r in rows:
         same = (str(r["a_steps"]), r["a_options"]) == (str(r["b_steps"]), r["b_options"])
         lines.append(
-            f"| {r['task']} | {r['metric']} | {r['a_steps'] if same else '-'} | {(r['a_options'] or '-') if same else '-'}"
-            f" | {_label(r, 'a', not same)} | {_label(r, 'b', not same)} | {r['n']} | {r['both']} | {r['only_a']} | "
+            f"| {r['task']} | {r['metric']} | {r['a_steps'] if same else '-'} | "
+            f"{(r['a_options'] or '-') if same else '-'} | {_label(r, 'a', not same)} | {_label(r, 'b', not same)} | {r['n']} | {r['both']} | {r['only_a']} | "
             f"{r['only_b']} | {r['neither']} | {r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | "
             f"{_p(r['p_value'])} |")
     return "\n".join(lines) + "\n"

@@ -99,6 +99,15 @@ class Denoiser:
         self.forward_calls += 1
         return self.forward_logits(self.model, input_ids.to(self.device), attention_mask.to(self.device)).float()
 
+    def guided_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt: torch.Tensor,
+                      scale: float) -> torch.Tensor:
+        """Classifier-free guidance (LLaDA's cfg_scale s): u + (s + 1)(c - u), with c the logits of `input_ids` and
+        u those of the same rows with the `prompt` positions [B, L] masked, both in one batched pass."""
+        unconditional = input_ids.masked_fill(prompt, self.mask_token_id)
+        both = self.logits(torch.cat([input_ids, unconditional]), torch.cat([attention_mask, attention_mask]))
+        conditional, uncond = both.chunk(2)
+        return uncond + (scale + 1) * (conditional - uncond)
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(path={self.path!r}, mask_token_id={self.mask_token_id}, "
                 f"eos_token_id={self.eos_token_id}, max_length={self.max_length})")

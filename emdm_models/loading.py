@@ -91,8 +91,9 @@ def has_weights(path: str | os.PathLike) -> bool:
     return any((Path(path) / f).exists() for f in WEIGHT_FILES)
 
 
-def _raw_config_of(path: str, name: str) -> dict[str, Any]:
-    """config.json of a local directory, a bare config file, or a Hub id (from the local cache when offline)."""
+def raw_config(path: str, name: str | None = None) -> dict[str, Any]:
+    """config.json of a local directory, a bare config file, or a Hub id `name` (from the local cache when
+    offline), as a dict ({} when a directory has none)."""
     if os.path.isfile(path):
         file = Path(path)
     elif os.path.isdir(path):
@@ -101,7 +102,7 @@ def _raw_config_of(path: str, name: str) -> dict[str, Any]:
         from transformers.utils import cached_file
 
         try:
-            file = Path(cached_file(name, "config.json"))
+            file = Path(cached_file(name or path, "config.json"))
         except OSError as exc:
             raise CheckpointError(f"cannot load {name}: {first_line(exc)} (offline? give a local directory)") \
                 from None
@@ -130,7 +131,7 @@ def read_config(name: str, trust_remote_code: bool = False, spell: Spelling = KW
         raise CheckpointError(f"{path} has no config.json; pass {written}")
     if not os.path.exists(path) and looks_local(str(name)):
         raise CheckpointError(f"checkpoint directory {name} does not exist; pass {what}")
-    raw = _raw_config_of(path, str(name))
+    raw = raw_config(path, str(name))
     family = native_family_for(str(raw.get("model_type", "")), adapter) if adapter != "remote" else None
     weights = has_weights(path) if os.path.isdir(path) else not os.path.isfile(path)
     try:

@@ -100,10 +100,10 @@ _TO_LLADA = [("model.embed_tokens.", "model.transformer.wte."), ("model.norm.", 
 
 def _write_backbone_model(path: Path, family: str, vocab: int, tokenizer, hidden_size: int, num_layers: int,
                           max_length: int) -> None:
-    import torch
     from safetensors.torch import save_file
 
     from .backbones import DiffusionLlamaConfig, DiffusionQwen2Config, DiffusionQwen3Config
+    from .families import BackboneDenoiser
 
     extra = 8 if family == "llada" else 0  # LLaDA's mask id lies past its tokenizer's vocabulary (126336)
     mask_id = vocab + 4 if family == "llada" else tokenizer.mask_token_id
@@ -119,7 +119,7 @@ def _write_backbone_model(path: Path, family: str, vocab: int, tokenizer, hidden
     if family == "sdar":
         extras.update(attention="block_causal", block_size=4)
     config = config_class(**common, **extras)
-    model = _backbone_lm(config)
+    model = BackboneDenoiser.lm_class(config)(config)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     raw = {k: v for k, v in config.to_dict().items() if k in common}
     raw.update(rope_theta=10000.0, torch_dtype="float32")
@@ -143,15 +143,6 @@ def _write_backbone_model(path: Path, family: str, vocab: int, tokenizer, hidden
                    head_dim=hidden_size // 4)
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
     (path / "config.json").write_text(json.dumps(raw, indent=2))
-
-
-def _backbone_lm(config):
-    from .backbones import BACKBONES
-
-    for config_class, lm in BACKBONES.values():
-        if isinstance(config, config_class):
-            return lm(config)
-    raise TypeError(type(config))
 
 
 # --- a remote-code stand-in -----------------------------------------------------------------------------------

@@ -99,11 +99,8 @@ class ModelForward:
         if self.mode == "none":
             self.full_passes += 1
             tokens, attention = canvas.tokens[rows], canvas.attention[rows]
-            if self.cfg_scale > 0:  # one batched pass: conditional rows, then the same rows with the prompt masked
-                unconditional = tokens.masked_fill(self.prompt[rows], self.denoiser.mask_token_id)
-                both = self.denoiser.logits(torch.cat([tokens, unconditional]), torch.cat([attention, attention]))
-                conditional, uncond = both.chunk(2)
-                logits = uncond + (self.cfg_scale + 1) * (conditional - uncond)
+            if self.cfg_scale > 0:
+                logits = self.denoiser.guided_logits(tokens, attention, self.prompt[rows], self.cfg_scale)
             else:
                 logits = self.denoiser.logits(tokens, attention)
             return [(torch.arange(len(rows), device=rows.device), Logits(canvas.window(logits), 0,

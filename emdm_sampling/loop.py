@@ -305,7 +305,8 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
         in_block = blocks.advance(masked)
         rows_now = active.nonzero().flatten()
         sub = slice(None) if len(rows_now) == batch else rows_now
-        masked_now, eligible, block_now = masked[sub], (masked & in_block)[sub], (fill & in_block)[sub]
+        masked_in_block = masked & in_block
+        masked_now, eligible, block_now = masked[sub], masked_in_block[sub], (fill & in_block)[sub]
         scored = strategy.score_positions(masked_now, eligible, block_now, state, rows_now)
         beyond = (scored & ~block_now).any(1)  # rows that need proposals outside their current block
 
@@ -339,10 +340,11 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
         # === 6. strategy step ===
         ctx = StepContext(
             step=step, x=tokens[sub], dense_logits=lambda: _dense(passes, mask_id), scored=scored,
-            flat_logits=flat_logits, flat_log_z=flat_log_z, flat_exp=flat_exp, flat_sum_exp=flat_sum_exp, x0=x0, p_x0=p_x0, masked=masked_now,
-            eligible=eligible, block=block_now, fillable=fill[sub], confidence=confidence[sub],
+            flat_logits=flat_logits, flat_log_z=flat_log_z, flat_exp=flat_exp, flat_sum_exp=flat_sum_exp, x0=x0,
+            p_x0=p_x0, masked=masked_now, eligible=eligible, block=block_now, fillable=fill[sub],
+            confidence=confidence[sub],
             k=reveal_counts(schedule, blocks.masked_at_block_entry, blocks.step_in_block, blocks.steps_in_block,
-                            (masked & in_block).sum(1))[sub],
+                            masked_in_block.sum(1))[sub],
             block_step=blocks.step_in_block[sub], block_steps=blocks.steps_in_block[sub],
             threshold=config.threshold, rng=rng.rows(sub), mask_token_id=mask_id, surprise=surprise,
             rows=rows_now, batch_size=batch, state=state, order_noise=config.order_noise,
@@ -416,11 +418,11 @@ class _Workspace:
 
 
 def _gather(passes: list[tuple[torch.Tensor, Logits]], positions: torch.Tensor,
-            workspace: _Workspace | None = None) -> torch.Tensor:
-    """[N, V] logits at the True entries of `positions` [b, W] (row-major), from the pass(es) that computed them."""
+            workspace: _Workspace) -> torch.Tensor:
+    """[N, V] logits at the True entries of `positions` [b, W] (row-major), from the pass(es) that computed them,
+    in the workspace's logits buffer."""
     n = int(positions.sum())
-    first = passes[0][1].values
-    out = workspace.take("logits", n, first) if workspace is not None else first.new_empty((n, first.shape[-1]))
+    out = workspace.take("logits", n, passes[0][1].values)
     if len(passes) == 1:
         return passes[0][1].at(positions, out=out)
     order = torch.full(positions.shape, -1, dtype=torch.long, device=positions.device)

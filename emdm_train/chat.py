@@ -11,10 +11,11 @@ the last assistant turn: they are masked and predicted, and the model learns to 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from emdm_core.prompts import read_chat_template
 
 from .errors import DataError
 
@@ -24,8 +25,7 @@ ROLES = ("system", "user", "assistant", "tool")
 def resolve_template(tokenizer: Any, template: str | None) -> None:
     """Set `template` (a Jinja file or string) on the tokenizer, or check that it has one."""
     if template:
-        path = Path(template).expanduser()
-        tokenizer.chat_template = path.read_text() if path.is_file() else template
+        tokenizer.chat_template = read_chat_template(template)
     if not getattr(tokenizer, "chat_template", None):
         raise DataError("chat data needs a chat template: this tokenizer has none; pass --chat-template FILE (a "
                         "Jinja template) or a tokenizer that ships one")

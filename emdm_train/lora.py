@@ -12,10 +12,14 @@ precision: a plain checkpoint.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from emdm_core.prompts import RECIPE_FILE
+from emdm_models.loading import load_peft
 
 from .errors import TrainConfigError
 
@@ -105,19 +109,14 @@ def trainable_summary(model: torch.nn.Module) -> str:
 def write_merged(output: Path, adapter_dir: Path, family: Any, config: Any, base_path: str, tokenizer: Any,
                  table: Any, trust_remote_code: bool) -> Path:
     """`output/merged/`: the base (reloaded in float32, so QLoRA merges into full weights) plus the adapter."""
-    peft = _peft()
     base = family.load_model(base_path, config, torch.float32, trust_remote_code)
-    merged = peft.PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged = load_peft(base, str(adapter_dir))
     target = output / MERGED_DIR
     tmp = output / f"{MERGED_DIR}.tmp"
-    import shutil
-
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     table.save(tmp)
-    from emdm_core.prompts import RECIPE_FILE
-
     if (adapter_dir / RECIPE_FILE).is_file():  # the merged model is prompted as it was fine-tuned
         shutil.copy2(adapter_dir / RECIPE_FILE, tmp / RECIPE_FILE)
     shutil.rmtree(target, ignore_errors=True)

@@ -48,7 +48,6 @@ from .masking import MASKINGS, MaskingSchedule, Noise, UniformMasking, maskable_
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = RECIPE_FILE  # the recipe beside the weights (emdm_eval reads its prompt format)
 SHARDED_STATE = "accelerate"  # sharded optimizer state (FSDP / DeepSpeed), in accelerate's layout
 LOG_FILE = "train_log.jsonl"
 
@@ -404,7 +403,7 @@ class Trainer:
             self.tokenizer.save_pretrained(tmp)
             run.table.save(tmp)
             # the data format as resolved (auto -> prompt_response ...): evaluation prompts the model as it trained
-            dataclasses.replace(self.cfg, data_format=run.data.format).save_yaml(tmp / CONFIG_FILE)
+            dataclasses.replace(self.cfg, data_format=run.data.format).save_yaml(tmp / RECIPE_FILE)
             state_dir.mkdir()
             torch.save(run.scheduler.state_dict(), state_dir / "scheduler.pt")
             if not self.sharded:
@@ -486,7 +485,7 @@ class Trainer:
 
         from emdm_core.errors import EMDMError
 
-        path = resume_dir / CONFIG_FILE
+        path = resume_dir / RECIPE_FILE
         if not path.is_file():
             return
         old = yaml.safe_load(path.read_text()) or {}

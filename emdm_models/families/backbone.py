@@ -9,9 +9,7 @@ which the sampler's `cache=` modes use.
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -20,17 +18,6 @@ from emdm_core.errors import CheckpointError
 
 from ..backbones import BACKBONES, DiffusionCache, diffusion_mask, positions_from_mask
 from ..denoiser import Denoiser
-
-
-def raw_config(path: str) -> dict[str, Any]:
-    """The checkpoint's config.json as a dict ({} when it has none)."""
-    file = Path(path) / "config.json"
-    if not file.is_file():
-        return {}
-    try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{file} is not valid JSON ({exc.msg}); fix or regenerate it") from None
 
 
 class BackboneDenoiser(Denoiser):
@@ -67,9 +54,10 @@ class BackboneDenoiser(Denoiser):
     @classmethod
     def load_model(cls, path: str, config: Any, dtype: torch.dtype, trust_remote_code: bool,
                    **load_kwargs: Any) -> torch.nn.Module:
+        from ..loading import quiet_transformers, raw_config
+
         foreign = os.path.isdir(path) and raw_config(path).get("model_type") in cls.foreign_model_types
         mapping = cls.key_mapping if foreign else None
-        from ..loading import quiet_transformers
 
         try:
             with quiet_transformers():  # a mismatch is reported below, in one line

@@ -22,6 +22,18 @@ from ..rng import CounterRNG
 _STREAM_ORDER_NOISE = 5  # rng stream of the ordering noise (0-4: proposals, orders, surprise, remdm)
 
 
+def block_decay(kind: str, block_step: torch.Tensor, block_steps: torch.Tensor) -> torch.Tensor:
+    """[B, 1] a rate that falls over a block's S steps, at step j: `linear` (S-1-j)/S (Ye et al.'s), `cosine`
+    cos((j+1)/S pi/2), anything else 1. The ordering noise and the re-masking top-k decoder share it."""
+    j = block_step.double().unsqueeze(-1)
+    s = block_steps.double().unsqueeze(-1)
+    if kind == "linear":
+        return (s - 1 - j) / s
+    if kind == "cosine":
+        return torch.cos((j + 1) / s * (math.pi / 2))
+    return torch.ones_like(j)
+
+
 @dataclass
 class StepContext:
     """Everything a strategy may look at in one step (all tensors batched: B rows, W window positions)."""
@@ -57,17 +69,14 @@ class StepContext:
     order_noise_decay: str = "none"  # how the coefficient shrinks over a block's steps
 
     def noise_scale(self) -> torch.Tensor:
-        """[B, 1] this step's ordering-noise coefficient: constant, or decayed with the share of the block still
-        to decode ((S-1-j)/S, Ye et al.'s linear rate; or its cosine form)."""
-        j = self.block_step.double().unsqueeze(-1)
-        s = self.block_steps.double().unsqueeze(-1)
-        if self.order_noise_decay == "linear":
-            rate = (s - 1 - j) / s
-        elif self.order_noise_decay == "cosine":
-            rate = torch.cos((j + 1) / s * (math.pi / 2))
-        else:
-            rate = torch.ones_like(j)
-        return self.order_noise * rate.clamp(min=0)
+        """[B, 1] this step's ordering-noise coefficient: constant, or decayed over the block (`block_decay`)."""
+        return self.order_noise * block_decay(self.order_noise_decay, self.block_step, self.block_steps).clamp(min=0)
+
+    def with_order_noise(self, scores: torch.Tensor) -> torch.Tensor:
+        """`scores` + this step's ordering noise (c * Gumbel, float64), or `scores` unchanged without noise."""
+        if self.order_noise <= 0:
+            return scores
+        return scores.double() + self.noise_scale() * self.gumbel(_STREAM_ORDER_NOISE)
 
     @cached_property
     def logits(self) -> torch.Tensor:
@@ -138,9 +147,7 @@ class StepContext:
         """Reveal the top-`k` eligible positions by `scores` (or, with a threshold, all confident ones). With
         `order_noise` c > 0 the ranking is by scores + c * Gumbel: the top-k is then a draw without replacement
         from softmax(scores / c) (how Dream's alg_temp and Kim et al.'s noisy ordering pick positions)."""
-        if self.order_noise > 0:
-            scores = scores.double() + self.noise_scale() * self.gumbel(_STREAM_ORDER_NOISE)
-        scores = scores.masked_fill(~self.eligible, float("-inf"))
+        scores = self.with_order_noise(scores).masked_fill(~self.eligible, float("-inf"))
         order = scores.argsort(dim=-1, descending=True, stable=True)
         rank = order.argsort(dim=-1)
         if self.threshold is None:

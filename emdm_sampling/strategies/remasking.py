@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from emdm_core.errors import ConfigError
-from . import _STREAM_ORDER_NOISE, StepContext, StepResult, Strategy, register_sampler
+from . import StepContext, StepResult, Strategy, block_decay, register_sampler
 
 _STREAM_REMASK = 3
 _STREAM_UNMASK = 4
@@ -118,7 +117,6 @@ class EAGS(Strategy):
         return StepResult(reveal=reveal, remask=remask)
 
 
-
 class TopKRemaskDecoder(Strategy):
     """Ye et al.'s re-masking top-k decoder around an ordering strategy (`SamplerConfig.topk_remask`; Ye et al.
     2024, "Beyond Autoregression: Discrete Diffusion for Complex Reasoning and Planning", arXiv 2410.14157,
@@ -144,14 +142,10 @@ class TopKRemaskDecoder(Strategy):
         return block  # predict all: the revealed cells of the block are re-predicted too
 
     def step(self, ctx: StepContext) -> StepResult:
-        j = ctx.block_step.double().unsqueeze(-1)
-        s = ctx.block_steps.double().unsqueeze(-1)
-        rate = (s - 1 - j) / s if self.rate == "linear" else torch.cos((j + 1) / s * (math.pi / 2))
+        rate = block_decay(self.rate, ctx.block_step, ctx.block_steps)
         positions = ctx.block & ctx.fillable
         n_remask = torch.floor(positions.sum(-1, keepdim=True).double() * rate.clamp(0, 1)).long()
-        scores = self.inner.score(ctx).double()
-        if ctx.order_noise > 0:
-            scores = scores + ctx.noise_scale() * ctx.gumbel(_STREAM_ORDER_NOISE)
+        scores = ctx.with_order_noise(self.inner.score(ctx).double())
         scores = scores.masked_fill(~positions, float("inf"))  # outside the block: never re-masked
         rank = scores.argsort(dim=-1, stable=True).argsort(dim=-1)  # 0 = lowest score
         remask = positions & (rank < n_remask)

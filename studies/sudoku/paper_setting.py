@@ -8,19 +8,21 @@
 did not learn at this budget: the grid is not run (it would compare noise), the gate's numbers and the training
 log are kept. Otherwise the grid: all 1,000 easy and 500 hard puzzles x {vanilla, top_prob, margin} x {no noise,
 the paper's Gumbel noise on the ordering score (c = 0.5, decayed linearly as Ye et al.'s stochastic0.5-linear),
-the same noise in Ye et al.'s re-masking top-k decoder} at 50 steps, through `emdm_eval.ablation` (results.csv/md, outcomes.jsonl, paired.csv). `report` writes
-the Markdown report from those files only, so every number in it comes from a committed file.
+the same noise in Ye et al.'s re-masking top-k decoder} at 50 steps, through `emdm_eval.ablation` (results.csv/md,
+outcomes.jsonl, paired.csv). `report` writes the Markdown report from those files only, so every number in it
+comes from a committed file.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
+
+from emdm_eval import ablation
 
 SAMPLERS = ("vanilla", "top_prob", "margin")
 STEPS = 50
@@ -36,8 +38,6 @@ DECODERS = {"": "no noise",
 
 def _ablation(model: str, out: Path, tasks: Sequence[str], samplers: Sequence[str], options: Sequence[str],
               limit: int | None, batch_size: str, device: str, threads: int | None) -> None:
-    from emdm_eval import ablation
-
     argv = ["--pretrained", model, "--tasks", *tasks, "--samplers", *samplers, "--steps", str(STEPS),
             "--out", str(out), "--batch-size", batch_size, "--device", device, "--bootstrap-iters", "0"]
     argv += [a for opt in options if opt for a in ("--option", opt)]
@@ -51,7 +51,7 @@ def _ablation(model: str, out: Path, tasks: Sequence[str], samplers: Sequence[st
 
 def gate_rates(out: Path) -> tuple[float, float]:
     """The gate's solved rate and blank-cell accuracy, from its results.csv."""
-    row = next(csv.DictReader((out / "results.csv").open()))
+    row = ablation.read_rows(out / "results.csv")[0]
     return float(row["sudoku_easy/solved"]), float(row["sudoku_easy/cell_acc"])
 
 
@@ -79,10 +79,6 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 # --- the report ---------------------------------------------------------------------------------------------------
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    return list(csv.DictReader(path.open())) if path.is_file() else []
-
-
 def _loss_summary(log: Path) -> list[str]:
     records = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.is_file() else []
     train = [r for r in records if "loss" in r]
@@ -149,9 +145,9 @@ def report(args: argparse.Namespace) -> int:
                 "**did not learn at this budget** - the decoder grid was not run (at this solve rate it would "
                 "compare noise)."), ""]
     if gate["passed"]:
-        paired = _read_csv(res / "grid" / "paired.csv")
+        paired = ablation.read_rows(res / "grid" / "paired.csv")
         text += [f"### Decoders x samplers at {STEPS} steps (`grid/results.csv`)", "",
-                 *_grid_table(_read_csv(res / "grid" / "results.csv"), _task_sizes(paired)), "",
+                 *_grid_table(ablation.read_rows(res / "grid" / "results.csv"), _task_sizes(paired)), "",
                  "### Paired comparisons on the same puzzles (`grid/paired.csv`)", "",
                  *_paired_table(paired), ""]
     body = "\n".join(text) + "\n"
@@ -171,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from emdm_core.cli import run_cli
 
     def _run(argv):
-        ap = argparse.ArgumentParser(prog="python -m studies.sudoku.paper_setting", description=__doc__.split("\n\n")[0])
+        ap = argparse.ArgumentParser(prog="python -m studies.sudoku.paper_setting",
+                                     description=__doc__.split("\n\n")[0])
         sub = ap.add_subparsers(dest="command", required=True)
         ev = sub.add_parser("evaluate", help="gate, then the decoder grid")
         ev.add_argument("--model", required=True)
