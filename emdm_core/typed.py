@@ -128,6 +128,10 @@ def coerce(value: Any, hint: Any, name: str, error: type[Exception] = ConfigErro
             return out
         if base is str:
             return str(value)
+        if typing.get_origin(base) is tuple:  # tuple[int, ...] etc.: "1,2,3" or a sequence
+            item = typing.get_args(base)[0]
+            parts = value if isinstance(value, (list, tuple)) else [x for x in str(value).split(",") if x.strip()]
+            return tuple(coerce(x.strip() if isinstance(x, str) else x, item, name, error) for x in parts)
         if typing.get_origin(base) in (dict, Mapping) or base in (dict, Mapping):
             if isinstance(value, Mapping):
                 return dict(value)

@@ -59,6 +59,7 @@ def test_every_pluggable_kind_uses_the_one_registry():
     ("3", int, 3), ("3.0", int, 3), (4.0, int, 4), ("0.5", float, 0.5), ("yes", bool, True), ("off", bool, False),
     ("none", int | None, None), ("", float | None, None), ("x", str, "x"), ("a=1,b=two", dict[str, str],
                                                                             {"a": "1", "b": "two"}),
+    ("4,8", tuple[float, ...], (4.0, 8.0)), ([0, "1"], tuple[int, ...], (0, 1)), ("high", tuple[str, ...], ("high",)),
 ])
 def test_coerce_converts_by_type_hint(value, hint, expected):
     assert typed.coerce(value, hint, "opt") == expected
@@ -67,7 +68,7 @@ def test_coerce_converts_by_type_hint(value, hint, expected):
 @pytest.mark.parametrize("value, hint, needle", [
     ("2.5", int, "opt='2.5' is not a valid int"), ("maybe", bool, "is not a valid bool"), (True, int, "int"),
     ("nan", float, "not a finite number"), ("inf", float, "not a finite number"), (None, int, "needs a value"),
-    ("a", dict[str, str], "expected key=value"),
+    ("a", dict[str, str], "expected key=value"), ("1,x", tuple[int, ...], "opt='x' is not a valid int"),
 ])
 def test_coerce_rejects_bad_values_in_one_line(value, hint, needle):
     with pytest.raises(ConfigError) as info:

