@@ -205,9 +205,10 @@ def _fixed_rate(den: Denoiser, test: EvalData, rate: float, beta_of_bin: torch.T
             sums[name][rows] += part.view(len(rows), k)
     tag = f"r{int(round(rate * 100)):02d}"
     out: dict[str, Any] = {f"block_{tag}_{name}": v.numpy() for name, v in sums.items()}
-    count = sums["count"].sum(0).clamp(min=1)
-    for name in ("ce_raw", "ce_corr", "unigram"):
-        per_bucket = (sums[name].sum(0) / count / LN2).tolist()
+    count = sums["count"].sum(0)
+    for name in ("ce_raw", "ce_corr", "unigram"):  # NaN for a quintile with no masked token
+        per_bucket = torch.where(count > 0, sums[name].sum(0) / count.clamp(min=1) / LN2,
+                                 torch.full_like(count, float("nan"))).tolist()
         for b in range(k):
             out[f"m3_{tag}_{name}_q{b + 1}"] = per_bucket[b]
     for b in range(k):

@@ -423,6 +423,7 @@ def gate(cfg: StudyConfig, s: Setup, size: str, folder: Path) -> dict[str, Any]:
         row.update(json.loads(done.read_text()) if done.is_file() else {}, size=size,
                    eval_time_s=time.perf_counter() - t0)
         _write_json(path, row)
+    row = with_corrected_gain(row)
     row["gate_ratio"] = cfg.gate_ratio
     row["gate_threshold_bpt"] = cfg.gate_ratio * s.info["validation"]["unigram_bits_per_token"]
     row["gate_passed"] = bool(row["val_ratio_to_unigram"] <= cfg.gate_ratio)
@@ -544,7 +545,7 @@ def primary_metrics(cfg: StudyConfig) -> list[str]:
     tags = [f"r{int(round(r * 100)):02d}" for r in cfg.fixed_rates]
     return (["m1_bpt", "m1_bpc", "m2_bpt", "m2_bpc"] + [f"m3_{t}_ce_raw_q{N_BUCKETS}" for t in tags]
             + [f"m3_{t}_ce_corr_q{N_BUCKETS}" for t in tags]
-            + [f"m3_{t}_gain_q{q}" for t in tags for q in range(1, N_BUCKETS + 1)])
+            + [f"m3_{t}_{g}_q{q}" for g in ("gain", "gain_corr") for t in tags for q in range(1, N_BUCKETS + 1)])
 
 
 def collect(cfg: StudyConfig, out: Path) -> list[dict[str, Any]]:
@@ -555,8 +556,17 @@ def collect(cfg: StudyConfig, out: Path) -> list[dict[str, Any]]:
             for cell in cfg.cells():
                 f = run_dir(out, size, cell["cell"], seed) / "metrics.json"
                 if f.is_file():
-                    rows.append(json.loads(f.read_text()))
+                    rows.append(with_corrected_gain(json.loads(f.read_text())))
     return rows
+
+
+def with_corrected_gain(row: dict[str, Any]) -> dict[str, Any]:
+    """Add the prior-corrected context gain per quintile: unigram CE minus the corrected CE (the raw gain also
+    counts what a shifted prior earns on rare or frequent tokens)."""
+    for key in [k for k in row if k.startswith("m3_") and "_unigram_q" in k]:
+        tag, q = key.split("_")[1], key.rsplit("_q", 1)[1]
+        row[f"m3_{tag}_gain_corr_q{q}"] = row[key] - row[f"m3_{tag}_ce_corr_q{q}"]
+    return row
 
 
 def paired(cfg: StudyConfig, out: Path, rows: list[dict[str, Any]], size: str) -> dict[str, dict[str, Any]]:
@@ -702,21 +712,34 @@ def markdown(cfg: StudyConfig, s: Setup, gates: dict[str, Any], cells: dict[str,
                 row += [_fmt(m[k]["mean"], m[k]["ci95"], 2),
                         "0" if uni else _fmt(m[k].get("diff_mean"), m[k].get("diff_ci95"), 2, True)]
             lines.append("| " + " | ".join(row) + " |")
+        lines += ["", "The same top-fifth cross-entropy after the prior correction (the beta of the rate's noise "
+                  "bin, fitted on validation), bits; Δ = seed-paired difference from uniform:", "",
+                  "| cell | " + " | ".join(f"corrected top-fifth CE @{t[1:]}% | Δ @{t[1:]}%" for t in tags) + " |",
+                  "|---|" + "---|---|" * len(tags)]
+        for name, m in entry.items():
+            row = [name]
+            for t in tags:
+                k = f"m3_{t}_ce_corr_q{N_BUCKETS}"
+                row += [_fmt(m[k]["mean"], m[k]["ci95"], 3),
+                        "0" if name == "uniform" else _fmt(m[k].get("diff_mean"), m[k].get("diff_ci95"), 3, True)]
+            lines.append("| " + " | ".join(row) + " |")
         lines += ["", f"Noise floor (uniform seed minus uniform seed, every pair): M2 "
                   f"{', '.join(_fmt(x, None, 4, True) for x in floor['m2_bpc']['pairs'])} bits/char; top-fifth CE "
                   + "; ".join(f"@{t[1:]}% " + ", ".join(_fmt(x, None, 3, True)
                                                       for x in floor[f'm3_{t}_ce_raw_q{N_BUCKETS}']['pairs'])
                               for t in tags) + " bits.", ""]
-        for t in tags:
-            lines += [f"Context gain at mask rate {int(t[1:])}% (unigram cross-entropy S(y) minus the model's, "
-                      "bits; higher = more use of context), by surprise quintile of the masked token (q1 = most "
-                      "frequent):", "", "| cell | " + " | ".join(f"q{q}" for q in range(1, N_BUCKETS + 1)) + " |",
-                      "|---|" + "---|" * N_BUCKETS]
-            for name, m in entry.items():
-                lines.append(f"| {name} | " + " | ".join(_fmt(m[f'm3_{t}_gain_q{q}']['mean'],
-                                                              m[f'm3_{t}_gain_q{q}']['ci95'], 2)
-                                                         for q in range(1, N_BUCKETS + 1)) + " |")
-            lines.append("")
+        for gain, what in (("gain", "unigram cross-entropy S(y) minus the model's raw cross-entropy"),
+                           ("gain_corr", "the same with the prior-corrected cross-entropy")):
+            for t in tags:
+                lines += [f"Context gain at mask rate {int(t[1:])}% ({what}, bits; higher = more use of context), "
+                          "by surprise quintile of the masked token (q1 = most frequent):", "",
+                          "| cell | " + " | ".join(f"q{q}" for q in range(1, N_BUCKETS + 1)) + " |",
+                          "|---|" + "---|" * N_BUCKETS]
+                for name, m in entry.items():
+                    lines.append(f"| {name} | " + " | ".join(_fmt(m[f'm3_{t}_{gain}_q{q}']['mean'],
+                                                                  m[f'm3_{t}_{gain}_q{q}']['ci95'], 2)
+                                                             for q in range(1, N_BUCKETS + 1)) + " |")
+                lines.append("")
     lines += ["Decision rule (fixed before the runs): " + DECISION_RULE, ""]
     for size, vd in verdicts.items():
         lines.append(f"- **{size}: {vd['answer']}** ({vd['why']})"
@@ -762,14 +785,15 @@ def plot(cfg: StudyConfig, cells: dict[str, Any], results: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
 
-    fig, axes = plt.subplots(len(cells), len(tags), figsize=(5 * len(tags), 3.6 * len(cells)), squeeze=False)
+    panels = [(size, entry, gain) for size, entry in cells.items() for gain in ("gain", "gain_corr")]
+    fig, axes = plt.subplots(len(panels), len(tags), figsize=(5 * len(tags), 3.6 * len(panels)), squeeze=False)
     x = np.arange(1, N_BUCKETS + 1)
-    for i, (size, entry) in enumerate(cells.items()):
+    for i, (size, entry, gain) in enumerate(panels):
         for j, t in enumerate(tags):
             ax = axes[i, j]
             for k, (name, m) in enumerate(entry.items()):
-                ys = [m[f"m3_{t}_gain_q{q}"]["mean"] for q in x]
-                es = [m[f"m3_{t}_gain_q{q}"]["ci95"] for q in x]
+                ys = [m[f"m3_{t}_{gain}_q{q}"]["mean"] for q in x]
+                es = [m[f"m3_{t}_{gain}_q{q}"]["ci95"] for q in x]
                 es = [e if math.isfinite(e) else 0.0 for e in es]
                 ax.errorbar(x + 0.05 * (k - len(entry) / 2), ys, yerr=es, marker="o", capsize=2, label=name,
                             color="black" if name == "uniform" else None)
@@ -777,7 +801,8 @@ def plot(cfg: StudyConfig, cells: dict[str, Any], results: Path) -> list[Path]:
             ax.set_xticks(x)
             ax.set_xlabel("surprise quintile of the masked token (1 = most frequent)")
             ax.set_ylabel("context gain, bits")
-            ax.set_title(f"{size}, mask rate {int(t[1:])}%", fontsize=10)
+            ax.set_title(f"{size}, mask rate {int(t[1:])}%, {'prior-corrected' if gain == 'gain_corr' else 'raw'}",
+                         fontsize=10)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
     fig.tight_layout()
@@ -834,6 +859,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--preset", default="cpu", help=f"starting settings: {', '.join(PRESETS)} [cpu]")
     ap.add_argument("--results-dir", default=None, help="where the JSON/CSV/Markdown/plots go [OUT/results]")
     ap.add_argument("--report-only", action="store_true", help="only (re)write the report from the runs on disk")
+    ap.add_argument("--setup-only", action="store_true", help="only write the splits, tokenizer and setup.json (to "
+                                                              "carry a prepared OUT to another machine)")
     ap.add_argument("--branch", default=None, help=argparse.SUPPRESS)  # SIZE:CELL:SEED, one child process
     typed.add_arguments(ap, StudyConfig)
     return ap
@@ -884,6 +911,10 @@ def _main(argv: list[str] | None) -> int:
         torch.set_num_threads(cfg.threads)
         _write_json(out / "study.json", dataclasses.asdict(cfg))
         results = Path(os.path.expanduser(args.results_dir)) if args.results_dir else out / "results"
+        if args.setup_only:
+            s = prepare_setup(cfg, out)
+            logger.info("setup written to %s (%s training tokens)", out, f"{s.info['train_tokens']:,}")
+            return 0
         if args.report_only:
             write_report(cfg, prepare_setup(cfg, out), argv, results)
         else:
