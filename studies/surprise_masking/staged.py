@@ -87,7 +87,7 @@ class StudyConfig:
     vocab_size: int = option(4096, "byte-level BPE vocabulary, trained on the training split", group="data",
                              check=at_least(260))
     max_length: int = option(128, "tokens per packed sequence", group="data", check=at_least(16))
-    sizes: tuple[str, ...] = option(("128x4",), "model sizes HIDDENxLAYERS (comma-separated; two sizes give the "
+    sizes: tuple[str, ...] = option(("128x4", "64x4"), "model sizes HIDDENxLAYERS (comma-separated; two sizes give the "
                                     "'fewer parameters' contrast): emdm's bidirectional Llama (RoPE, SwiGLU)",
                                     group="model", check=_sizes_check)
     batch_size: int = option(32, "sequences per optimizer step (both stages)", group="training", check=at_least(1))
@@ -155,7 +155,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(vocab_size=300, max_length=32, sizes=("32x1",), batch_size=8, stage1_steps=700, stage1_minutes=None,
                  stage2_steps=4, temperatures=(4.0,), directions=("high",), seeds=(0, 1), eval_blocks=12,
                  fit_blocks=8, eval_draws=1, noise_bins=2, gate_ratio=1.0, workers=1, threads=1),
-    # the committed report: 2-core CPU, stage 1 at most 25 min, stage 2 15 runs two at a time (~40 min)
+    # the committed report: 2-core CPU; per size stage 1 at most 25 min, then 15 branches two at a time (128x4:
+    # ~40 min, 64x4: ~25 min)
     "cpu": dict(),
     # one GPU (benchmarks/gpu/surprise_staged.sh, not yet run): two larger sizes, longer stages, bf16 (emdm_train's
     # mixed_precision=auto), three branch processes sharing the GPU (these models leave most of an H200 idle)
