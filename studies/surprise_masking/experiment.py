@@ -193,19 +193,18 @@ def distinct_n(words: Sequence[str], n: int) -> float:
 # --- logging -----------------------------------------------------------------------------------------------------
 
 
-def _setup_logging(out: Path) -> None:
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    for h in list(logger.handlers):
-        logger.removeHandler(h)
+def setup_progress_log(out: Path, log: logging.Logger | None = None) -> None:
+    """Send `log`'s INFO records (this module's logger by default) to OUT/progress.log and to stderr."""
+    target = log or logger
+    target.setLevel(logging.INFO)
+    target.propagate = False
+    for h in list(target.handlers):
+        target.removeHandler(h)
         h.close()
     fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    fh = logging.FileHandler(out / "progress.log")
-    fh.setFormatter(fmt)
-    sh = logging.StreamHandler(sys.stderr)
-    sh.setFormatter(fmt)
-    logger.addHandler(fh)
-    logger.addHandler(sh)
+    for handler in (logging.FileHandler(out / "progress.log"), logging.StreamHandler(sys.stderr)):
+        handler.setFormatter(fmt)
+        target.addHandler(handler)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -1043,7 +1042,7 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(os.path.expanduser(args.out))
     out.mkdir(parents=True, exist_ok=True)
-    _setup_logging(out)
+    setup_progress_log(out)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     threads_before = torch.get_num_threads()
     torch.set_num_threads(max(1, args.threads))

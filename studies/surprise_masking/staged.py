@@ -47,7 +47,7 @@ from emdm_train.errors import DataError, TrainError
 
 from . import metrics as M
 from .corpora import read_split, write_splits, prepare_corpus
-from .experiment import mean_ci, _write_json
+from .experiment import _write_json, mean_ci, setup_progress_log
 
 logger = logging.getLogger("studies.surprise_masking.staged")
 STEM = "staged-surprise"
@@ -781,10 +781,7 @@ def plot(cfg: StudyConfig, cells: dict[str, Any], results: Path) -> list[Path]:
         ax.set_title(f"{size}: prior-corrected test NELBO", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(results / f"{STEM}-m2.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(fig, results / f"{STEM}-m2.png"))
 
     panels = [(size, entry, gain) for size, entry in cells.items() for gain in ("gain", "gain_corr")]
     fig, axes = plt.subplots(len(panels), len(tags), figsize=(5 * len(tags), 3.6 * len(panels)), squeeze=False)
@@ -806,11 +803,17 @@ def plot(cfg: StudyConfig, cells: dict[str, Any], results: Path) -> list[Path]:
                          fontsize=10)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(results / f"{STEM}-gain.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(fig, results / f"{STEM}-gain.png"))
     return paths
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def write_report(cfg: StudyConfig, s: Setup, argv: list[str], results: Path | None = None) -> dict[str, Any]:
@@ -867,21 +870,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _setup_logging(out: Path) -> None:
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    for h in list(logger.handlers):
-        logger.removeHandler(h)
-        h.close()
-    fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    fh = logging.FileHandler(out / "progress.log")
-    fh.setFormatter(fmt)
-    sh = logging.StreamHandler(sys.stderr)
-    sh.setFormatter(fmt)
-    logger.addHandler(fh)
-    logger.addHandler(sh)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the study (or one child branch); errors end in one line."""
     from emdm_core.cli import run_cli
@@ -908,7 +896,7 @@ def _main(argv: list[str] | None) -> int:
             branch(cfg, s, size, cell, int(seed), stage1(cfg, s, size))
             return 0
         cfg = build_config(args.preset, overrides)
-        _setup_logging(out)
+        setup_progress_log(out, logger)
         torch.set_num_threads(cfg.threads)
         _write_json(out / "study.json", dataclasses.asdict(cfg))
         results = Path(os.path.expanduser(args.results_dir)) if args.results_dir else out / "results"
