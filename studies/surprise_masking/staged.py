@@ -69,7 +69,7 @@ def _sizes_check(v: tuple[str, ...]) -> str | None:
     for s in v:
         h, sep, layers = s.partition("x")
         if not (sep and h.isdigit() and layers.isdigit() and int(h) >= 16 and int(layers) >= 1 and int(h) % 16 == 0):
-            return f"entries must look like 256x4 (hidden size, a multiple of 16, x layers); got {s!r}"
+            return f"entries must look like 256x4, hidden size (a multiple of 16) x layers (got {s!r})"
     return None if v else "needs at least one size, e.g. 256x4"
 
 
