@@ -481,9 +481,9 @@ def run_study(cfg: StudyConfig, out: Path) -> Setup:
     logger.info("setup: %s training tokens, unigram %.3f bits/token on validation, %.3f on test; %d cells x %d "
                 "seeds x %d sizes", f"{s.info['train_tokens']:,}", s.info["validation"]["unigram_bits_per_token"],
                 s.info["test"]["unigram_bits_per_token"], len(cfg.cells()), len(cfg.seeds), len(cfg.sizes))
-    gates = {}
+    gates, init = {}, {}
     for size in cfg.sizes:
-        folder = stage1(cfg, s, size)
+        folder = init[size] = stage1(cfg, s, size)
         g = gate(cfg, s, size, folder)
         gates[size] = g
         logger.info("gate (%s): validation NELBO %.3f bits/token = %.3f x unigram (threshold %.2f): %s", size,
@@ -492,16 +492,17 @@ def run_study(cfg: StudyConfig, out: Path) -> Setup:
     jobs = [(size, cell, seed) for size in cfg.sizes if gates[size]["gate_passed"] for seed in cfg.seeds
             for cell in cfg.cells() if not (run_dir(out, size, cell["cell"], seed) / "metrics.json").is_file()]
     if jobs:
-        _run_jobs(cfg, s, out, jobs)
+        _run_jobs(cfg, s, out, jobs, init)
     return s
 
 
-def _run_jobs(cfg: StudyConfig, s: Setup, out: Path, jobs: list[tuple[str, dict[str, Any], int]]) -> None:
-    """Stage-2 branches: in this process when workers == 1, else `workers` child processes at a time."""
+def _run_jobs(cfg: StudyConfig, s: Setup, out: Path, jobs: list[tuple[str, dict[str, Any], int]],
+              init: dict[str, Path]) -> None:
+    """Stage-2 branches from the stage-1 folders `init` (per size): in this process when workers == 1, else
+    `workers` child processes at a time."""
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(jobs), desc="stage-2 branches", unit="run", disable=not sys.stderr.isatty())
-    init = {size: stage1(cfg, s, size) for size in cfg.sizes}
 
     def done(size: str, cell: dict[str, Any], seed: int) -> None:
         row = json.loads((run_dir(out, size, cell["cell"], seed) / "metrics.json").read_text())
@@ -570,7 +571,7 @@ def with_corrected_gain(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def paired(cfg: StudyConfig, out: Path, rows: list[dict[str, Any]], size: str) -> dict[str, dict[str, Any]]:
+def paired(cfg: StudyConfig, s: Setup, rows: list[dict[str, Any]], size: str) -> dict[str, dict[str, Any]]:
     """Per cell and metric: mean and 95% t-interval over seeds, the seed-paired difference from uniform (t-interval
     over seeds), and the block-level paired difference pooled over seeds (t-interval over test blocks)."""
     by = {(r["cell"], r["seed"]): r for r in rows if r["size"] == size}
@@ -579,7 +580,7 @@ def paired(cfg: StudyConfig, out: Path, rows: list[dict[str, Any]], size: str) -
 
     def arrays(cell: str, seed: int) -> dict[str, np.ndarray] | None:
         if (cell, seed) not in block_cache:
-            f = run_dir(out, size, cell, seed) / "blocks.npz"
+            f = run_dir(s.out, size, cell, seed) / "blocks.npz"
             block_cache[(cell, seed)] = dict(np.load(f)) if f.is_file() else None  # type: ignore[assignment]
         return block_cache[(cell, seed)]
 
@@ -603,7 +604,7 @@ def paired(cfg: StudyConfig, out: Path, rows: list[dict[str, Any]], size: str) -
                     per_block = [M.block_metric(arrays(name, sd), bm) - M.block_metric(arrays("uniform", sd), bm)
                                  for sd in common if arrays(name, sd) is not None and arrays("uniform", sd) is not None]
                     if per_block:
-                        scale = _bpc_scale(m, out)
+                        scale = s.info["test"]["tokens_per_char"] if m.endswith("_bpc") else 1.0
                         pooled = np.mean(per_block, axis=0) * scale
                         bmean, bci, bn = mean_ci(pooled.tolist())
                         e.update(block_diff_mean=bmean, block_diff_ci95=bci, block_n=bn)
@@ -620,12 +621,6 @@ def _block_metric_name(metric: str) -> str | None:
     if "_ce_" in metric:
         return metric
     return None
-
-
-def _bpc_scale(metric: str, out: Path) -> float:
-    if metric.endswith("_bpc"):
-        return float(json.loads((out / "setup.json").read_text())["test"]["tokens_per_char"])
-    return 1.0
 
 
 def noise_floor(rows: list[dict[str, Any]], size: str, metric: str) -> dict[str, Any]:
@@ -825,7 +820,7 @@ def write_report(cfg: StudyConfig, s: Setup, argv: list[str], results: Path | No
     gates = {size: gate(cfg, s, size, s.out / size_tag(size) / "stage1") for size in cfg.sizes
              if (s.out / size_tag(size) / "stage1_metrics.json").is_file()}
     rows = collect(cfg, s.out)
-    cells = {size: paired(cfg, s.out, rows, size) for size in cfg.sizes if any(r["size"] == size for r in rows)}
+    cells = {size: paired(cfg, s, rows, size) for size in cfg.sizes if any(r["size"] == size for r in rows)}
     floors = {size: {m: noise_floor(rows, size, m) for m in primary_metrics(cfg)} for size in cells}
     verdicts = decide(cfg, gates, cells)
     data = {"command": "python -m studies.surprise_masking.staged " + " ".join(argv),
