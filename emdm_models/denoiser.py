@@ -27,6 +27,12 @@ class Denoiser:
     # LoRA's default target modules for this family (emdm_train --lora): PEFT's "all-linear" (every linear layer
     # but the output head) unless the family names its projections
     lora_target_modules: str | tuple[str, ...] = "all-linear"
+    # the diffusion's noise: "mask" (masked diffusion) or "uniform" (uniform-state: Duo, DiffusionGemma), whose
+    # noise tokens are drawn from `noise_vocabulary` ([K] ids; None: the whole output vocabulary)
+    noise = "mask"
+    noise_vocabulary: torch.Tensor | None = None
+    infills = True  # whether mask tokens inside a prompt are decoded (models without a mask token: no)
+    canvas_length: int | None = None  # models that denoise fixed-size canvases (DiffusionGemma)
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, mask_token_id: int, eos_token_id: int | None,
                  pad_token_id: int, max_length: int, path: str = "", surprise: torch.Tensor | None = None):
@@ -147,7 +153,8 @@ def config_max_length(config: Any) -> int | None:
         value = getattr(config, name, None)
         if isinstance(value, int) and value > 0:
             return value
-    return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return None if text is config else config_max_length(text)  # composite configs (DiffusionGemma's text part)
 
 
 def mask_token_problem(mask_id: int | None, config: Any) -> str | None:

@@ -8,7 +8,9 @@ They need no download, so tests, the README demo and CI run offline. Families:
 - `sdar`: SDAR's layout (`model_type: sdar`, Qwen3 weights, block-causal attention over blocks of 4);
 - `a2d`: a dLLM A2D checkpoint (`model_type: a2d-qwen3`);
 - `remote`: a checkpoint that ships its own model code (`auto_map`, a BERT behind a custom class), for
-  `adapter=remote` and `trust_remote_code`.
+  `adapter=remote` and `trust_remote_code`;
+- `diffusion_gemma` (uniform-state, not in `FAMILIES`, which are the masked ones): transformers'
+  `DiffusionGemmaForBlockDiffusion` with two experts, a one-layer vision tower and canvases of 8 tokens.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ DEMO_CORPUS = [
     "one two three four five six seven eight nine ten .",
 ]
 
-FAMILIES = ("bert", "modernbert", "llada", "dream", "sdar", "a2d", "remote")
+FAMILIES = ("bert", "modernbert", "llada", "dream", "sdar", "a2d", "remote")  # masked diffusion
+UNIFORM_FAMILIES = ("diffusion_gemma",)  # uniform-state diffusion
 
 
 def train_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 256, with_mask: bool = True):
@@ -56,12 +59,12 @@ def build_tiny_checkpoint(
     """Save a tiny randomly initialised checkpoint of `family` (one of FAMILIES) to `path` and return it."""
     import torch
 
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+    if family not in FAMILIES + UNIFORM_FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES + UNIFORM_FAMILIES)}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    tokenizer = train_tokenizer(corpus, with_mask=family not in ("llada", "remote"))
+    tokenizer = train_tokenizer(corpus, with_mask=family not in ("llada", "remote", "diffusion_gemma"))
     vocab = len(tokenizer)
     # A wide initialisation keeps the random model's predictions distinct across positions (no near-ties).
     common = dict(hidden_size=hidden_size, num_attention_heads=2, intermediate_size=hidden_size * 2,
@@ -82,6 +85,8 @@ def build_tiny_checkpoint(
         ModernBertForMaskedLM(cfg).save_pretrained(path)
     elif family == "remote":
         _write_remote_model(path, vocab, tokenizer, num_layers, common)
+    elif family == "diffusion_gemma":
+        _diffusion_gemma(vocab, tokenizer, hidden_size, num_layers, max_length).save_pretrained(path)
     else:
         _write_backbone_model(path, family, vocab, tokenizer, hidden_size, num_layers, max_length)
     tokenizer.save_pretrained(path)
@@ -143,6 +148,25 @@ def _write_backbone_model(path: Path, family: str, vocab: int, tokenizer, hidden
                    head_dim=hidden_size // 4)
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
     (path / "config.json").write_text(json.dumps(raw, indent=2))
+
+
+def _diffusion_gemma(vocab: int, tokenizer, hidden_size: int, num_layers: int, max_length: int):
+    """A tiny random DiffusionGemmaForBlockDiffusion (sliding and full attention layers, two experts)."""
+    from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
+
+    text = dict(vocab_size=vocab, hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+                num_hidden_layers=num_layers, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                global_head_dim=16, sliding_window=max_length, max_position_embeddings=max_length,
+                layer_types=["sliding_attention"] * (num_layers - 1) + ["full_attention"],
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                bos_token_id=tokenizer.cls_token_id, num_experts=2, top_k_experts=1,
+                moe_intermediate_size=hidden_size // 2, initializer_range=0.3)
+    vision = dict(model_type="gemma4_vision", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                  num_attention_heads=2, num_key_value_heads=1, head_dim=8)
+    special = tokenizer.unk_token_id  # no image tokens in the tests: point them at [UNK]
+    config = DiffusionGemmaConfig(text_config=text, vision_config=vision, canvas_length=8, boi_token_id=special,
+                                  eoi_token_id=special, image_token_id=special)
+    return DiffusionGemmaForBlockDiffusion(config)
 
 
 # --- a remote-code stand-in -----------------------------------------------------------------------------------

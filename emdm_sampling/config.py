@@ -44,6 +44,14 @@ class SamplerConfig:
                                             "hidden from selection", check=at_least(1))
     temperature: float = option(0.0, "sample proposals from softmax(logits / T); 0 = argmax",
                                 check=at_least(0, "; 0 means argmax"))
+    temperature_end: float | None = option(None, "a linear temperature schedule over each block's S steps: step j "
+                                                 "uses end + (T - end) (S - j) / S (DiffusionGemma's t_max -> t_min); "
+                                                 "none = T throughout",
+                                           check=at_least(0))
+    rng: str = option("counter", "randomness: counter (a hash of row seed, step and position: batch-invariant, the "
+                                 "default) or torch (a torch.Generator per row seeded with its seed, drawing in the "
+                                 "order of transformers' DiffusionGemma generate, to reproduce it token for token)",
+                      choices=("counter", "torch"))
     schedule: str = option("linear", "tokens revealed per step: linear (LLaDA's split), cosine (MaskGIT's) or dream "
                                      "(Dream's diffusion_generate)",
                            check=_known_schedule)
@@ -94,6 +102,9 @@ class SamplerConfig:
             raise ConfigError(f"unknown option(s) {', '.join(unknown)} for sampler {self.sampler!r}; its options: "
                               f"{', '.join(sorted(strategy.options)) or 'none'}")
         strategy.check_options({**strategy.options, **self.options})
+        if self.temperature_end is not None and self.temperature <= 0:
+            raise ConfigError(f"temperature_end={self.temperature_end} is the end of a schedule that starts at "
+                              f"temperature; give temperature > 0 (e.g. temperature=0.8,temperature_end=0.4)")
         if self.topk_remask != "off":
             from .strategies import Strategy
 

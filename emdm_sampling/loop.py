@@ -23,7 +23,8 @@ from emdm_models.denoiser import Denoiser
 
 from .config import SamplerConfig
 from .forward import Logits, ModelForward
-from .rng import CounterRNG, fold_seed
+from .noise import canvas_noise
+from .rng import CounterRNG, TorchRowGenerators, fold_seed
 from .schedules import get_schedule, reveal_counts
 from .strategies import StepContext
 from .strategies.remasking import TopKRemaskDecoder
@@ -31,6 +32,7 @@ from .trace import Trace
 
 _FAR = 1 << 40  # block id of positions that are never decoded
 _STREAM_PROPOSAL = 0
+_STREAM_START_NOISE = 8  # uniform-state: the noise every position starts from
 
 
 @dataclass
@@ -65,9 +67,12 @@ class Canvas:
 
     @classmethod
     def build(cls, rows: list[list[int]], gen_length: int, denoiser: Denoiser,
-              complete_block: int | None = None) -> "Canvas":
+              complete_block: int | None = None, whole_canvases: int | None = None,
+              infill: bool = True) -> "Canvas":
         """Left-padded prompts + `gen_length` masks each; with `complete_block`, more masks until each row ends on a
-        block boundary (block-causal models are trained on whole blocks; the extra tokens are cut off again)."""
+        block boundary (block-causal models are trained on whole blocks; the extra tokens are cut off again); with
+        `whole_canvases`, more until the generation is a whole number of canvases of that length (DiffusionGemma).
+        `infill=False`: only the appended positions are decoded (a prompt token equal to the mask id is text)."""
         mask_id, dev = denoiser.mask_token_id, denoiser.device
         lengths = [len(r) + gen_length for r in rows]
         if max(lengths) > denoiser.max_length:
@@ -79,6 +84,8 @@ class Canvas:
         extra = [0] * len(rows)
         if complete_block:
             extra = [min((-n) % complete_block, denoiser.max_length - n) for n in lengths]
+        elif whole_canvases:
+            extra = [min((-gen_length) % whole_canvases, denoiser.max_length - n) for n in lengths]
         batch, width = len(rows), max(n + e for n, e in zip(lengths, extra))
         padding = torch.tensor([width - n - e for n, e in zip(lengths, extra)], device=dev)
         tokens = torch.full((batch, width), denoiser.pad_token_id, dtype=torch.long, device=dev)
@@ -88,9 +95,9 @@ class Canvas:
         attention = col >= padding.unsqueeze(1)
         tokens[attention] = flat
         prompt_end = padding + torch.tensor([len(r) for r in rows], device=dev)
-        fill = (tokens == mask_id) & attention
-        canvas = cls(tokens, attention, padding, prompt_end, fill, col >= prompt_end.unsqueeze(1),
-                     kept_end=prompt_end + gen_length)
+        generated = col >= prompt_end.unsqueeze(1)
+        fill = (tokens == mask_id) & attention if infill else generated
+        canvas = cls(tokens, attention, padding, prompt_end, fill, generated, kept_end=prompt_end + gen_length)
         if fill.any():
             canvas.start = int(fill.any(0).nonzero()[0])
         return canvas
@@ -184,16 +191,35 @@ def _as_rows(prompts: Sequence[Sequence[int]] | torch.Tensor) -> list[list[int]]
     return [[int(t) for t in row] for row in prompts]
 
 
-def _propose(logits: torch.Tensor, temperature: float, u: torch.Tensor,
+def _step_temperature(config: SamplerConfig, blocks: BlockState, sub: slice | torch.Tensor) -> float | torch.Tensor:
+    """This pass's temperature: `config.temperature`, or per row [b] (float32) on the linear schedule to
+    `temperature_end` over the block's S steps, end + (T - end) ((S - j) / S) at step j, in float32 as
+    DiffusionGemma's LinearTemperatureScheduleLogitsProcessor computes it."""
+    if config.temperature_end is None:
+        return config.temperature
+    remaining = (blocks.steps_in_block - blocks.step_in_block)[sub].to(torch.int32)
+    fraction = remaining / blocks.steps_in_block[sub]
+    return config.temperature_end + ((config.temperature - config.temperature_end) * fraction)
+
+
+def _per_position(value: float | torch.Tensor, scored: torch.Tensor) -> float | torch.Tensor:
+    """A per-row value [b] repeated for each scored position ([N, 1]); a float unchanged."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    return value.repeat_interleave(scored.sum(1)).unsqueeze(-1)
+
+
+def _propose(logits: torch.Tensor, temperature: float | torch.Tensor, u: torch.Tensor,
              exp_logits: torch.Tensor | None = None) -> torch.Tensor:
     """argmax, or a sample from softmax(logits / temperature) by inverse CDF with the row's own uniforms.
 
     This is the distribution LLaDA's Gumbel-max draws from, with one uniform per position instead of one per
     vocabulary entry. `exp_logits` (exp(logits - row max), at temperature 1) saves recomputing the exponentials.
     """
-    if temperature == 0:
+    constant = not isinstance(temperature, torch.Tensor)
+    if constant and temperature == 0:
         return logits.argmax(-1)
-    if temperature == 1 and exp_logits is not None:
+    if constant and temperature == 1 and exp_logits is not None:
         weights = exp_logits
     else:
         weights = ((logits - logits.amax(-1, keepdim=True)) / temperature).exp_()
@@ -257,9 +283,17 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
         raise ConfigError(f"block_length={config.block_length} must be a multiple of the model's attention block "
                           f"({attention_block}); leave it unset to decode one attention block at a time")
 
+    canvas_length = getattr(denoiser, "canvas_length", None)  # models that denoise fixed-size canvases
+    if canvas_length and config.block_length not in (None, canvas_length):
+        raise ConfigError(f"block_length={config.block_length}: {denoiser.name} denoises canvases of "
+                          f"{canvas_length} tokens; leave block_length unset (or {canvas_length})")
+    if canvas_length:
+        config = config.replace(block_length=canvas_length)
+
     # === 1. canvas: prompts + masks, left-padded; the window of columns that hold anything to decode ===
     complete = (config.block_length or attention_block) if attention_block else None
-    canvas = Canvas.build(rows, config.gen_length, denoiser, complete_block=complete)
+    canvas = Canvas.build(rows, config.gen_length, denoiser, complete_block=complete, whole_canvases=canvas_length,
+                          infill=getattr(denoiser, "infills", True))
     batch = len(rows)
     recorder = None
     if trace:
@@ -277,10 +311,17 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
         raise ConfigError(f"steps={config.steps} is fewer than the {int(blocks.n_blocks.max())} blocks to decode "
                           f"(gen_length {config.gen_length}, block_length {config.block_length or attention_block}); "
                           f"give steps >= {int(blocks.n_blocks.max())} or a longer block_length")
-    forward = ModelForward(denoiser, canvas, config.cache, config.cfg_scale)
+    make_forward = getattr(denoiser, "make_forward", None)  # families with their own passes (encoder-decoder)
+    forward = make_forward(canvas, config) if make_forward else ModelForward(denoiser, canvas, config.cache,
+                                                                            config.cfg_scale)
     eos_id, eot_id = denoiser.eos_token_id, _eot_id(denoiser)
     row_seeds = seeds if seeds is not None else [config.seed] * batch
     rng = CounterRNG(torch.tensor([fold_seed(s) for s in row_seeds], device=tokens.device), positions)
+    torch_rng = TorchRowGenerators(list(row_seeds), tokens.device) if config.rng == "torch" else None
+    noise = canvas_noise(denoiser, fill, rng, torch_rng)
+    if noise.uniform:  # every position to decode starts as noise (each block is drawn afresh when entered)
+        tokens.copy_(torch.where(fill, noise.random_tokens(slice(None), fill, 0, _STREAM_START_NOISE,
+                                                                  counter=True), tokens))
     surprise = _surprise_for(denoiser)
     confidence = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
     row_nfe = torch.zeros(batch, dtype=torch.long, device=tokens.device)
@@ -294,7 +335,7 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
     step = 0
     while True:
         # === 3. rows still decoding, and their current blocks ===
-        masked = (tokens == mask_id) & fill
+        masked = noise.noisy(tokens, fill)
         active = masked.any(1)
         if not active.any():
             break
@@ -303,11 +344,17 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
                                f"every masked position by the last step of a block")
         previous_block = blocks.current.clone()
         in_block = blocks.advance(masked)
+        entering = (blocks.current != previous_block) & active
+        if noise.uniform and bool(entering.any()):  # a uniform-state block starts from fresh random tokens
+            enter_rows = entering.nonzero().flatten()
+            noise.enter(tokens, enter_rows, (masked & in_block)[enter_rows], step)
         rows_now = active.nonzero().flatten()
         sub = slice(None) if len(rows_now) == batch else rows_now
         masked_in_block = masked & in_block
         masked_now, eligible, block_now = masked[sub], masked_in_block[sub], (fill & in_block)[sub]
         scored = strategy.score_positions(masked_now, eligible, block_now, state, rows_now)
+        if getattr(forward, "block_logits", False):  # self-conditioning reads the logits of the whole block
+            scored = scored | block_now
         beyond = (scored & ~block_now).any(1)  # rows that need proposals outside their current block
 
         # === 4. forward: the model's logits where this pass needs them ===
@@ -317,10 +364,16 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
 
         # === 5. proposals and their probabilities, at the positions the strategy can act on only ===
         flat_logits = _gather(passes, scored, workspace).float()
-        # the mask token is never proposed: the lowest finite logit (probability exactly 0, and no inf * 0 = NaN
-        # in sums over the vocabulary such as the entropy)
         lowest = torch.finfo(flat_logits.dtype).min
-        flat_logits[:, mask_id] = lowest
+        temperature = _step_temperature(config, blocks, sub)
+        if noise.uniform:
+            if config.temperature > 0:  # uniform-state: every statistic reads the tempered distribution
+                flat_logits = flat_logits / _per_position(temperature, scored)
+                temperature = 1.0
+        else:
+            # the mask token is never proposed: the lowest finite logit (probability exactly 0, and no inf * 0 =
+            # NaN in sums over the vocabulary such as the entropy)
+            flat_logits[:, mask_id] = lowest
         if config.logits_eos_inf and eos_id is not None:
             flat_logits[:, eos_id] = lowest
         # log Z by hand (amax, then exp in place, then sum; the same value as torch.logsumexp): the exponentials are
@@ -329,8 +382,14 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
         flat_exp = torch.sub(flat_logits, row_max, out=workspace.take("exp", len(flat_logits), flat_logits)).exp_()
         flat_sum_exp = flat_exp.sum(-1)
         flat_log_z = row_max.squeeze(-1) + flat_sum_exp.log()
-        flat_x0 = _propose(flat_logits, config.temperature, rng.uniform(step, _STREAM_PROPOSAL)[sub][scored],
-                           flat_exp)
+        if torch_rng is not None and config.temperature > 0:
+            scaled = flat_logits if noise.uniform else flat_logits / _per_position(temperature, scored)
+            flat_x0 = torch_rng.multinomial(sub, scored, torch.softmax(scaled, dim=-1, dtype=torch.float32))
+        else:
+            flat_x0 = _propose(flat_logits, _per_position(temperature, scored),
+                               rng.uniform(step, _STREAM_PROPOSAL)[sub][scored], flat_exp)
+        if hasattr(forward, "condition"):  # self-conditioning: the next pass reads this pass's logits
+            forward.condition(rows_now, scored, flat_logits)
         x0 = tokens[sub].clone()
         x0[scored] = flat_x0
         p_x0 = torch.zeros(scored.shape, dtype=flat_logits.dtype, device=tokens.device)
@@ -339,7 +398,8 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
 
         # === 6. strategy step ===
         ctx = StepContext(
-            step=step, x=tokens[sub], dense_logits=lambda: _dense(passes, mask_id), scored=scored,
+            step=step, x=tokens[sub], dense_logits=lambda: _dense(passes, None if noise.uniform else mask_id),
+            scored=scored,
             flat_logits=flat_logits, flat_log_z=flat_log_z, flat_exp=flat_exp, flat_sum_exp=flat_sum_exp, x0=x0,
             p_x0=p_x0, masked=masked_now, eligible=eligible, block=block_now, fillable=fill[sub],
             confidence=confidence[sub],
@@ -348,23 +408,37 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
             block_step=blocks.step_in_block[sub], block_steps=blocks.steps_in_block[sub],
             threshold=config.threshold, rng=rng.rows(sub), mask_token_id=mask_id, surprise=surprise,
             rows=rows_now, batch_size=batch, state=state, order_noise=config.order_noise,
-            order_noise_decay=config.order_noise_decay)
+            order_noise_decay=config.order_noise_decay, uniform_noise=noise.uniform,
+            random_tokens=(lambda where, _sub=sub, _step=step: noise.random_tokens(_sub, where, _step))
+            if noise.uniform else None, noise_vocabulary=getattr(noise, "vocabulary", None))
         result = strategy.step(ctx)
+        if result.noisy_tokens is not None and not noise.uniform:
+            raise ConfigError(f"sampler {config.sampler!r} is for uniform-state models (Duo, DiffusionGemma); "
+                              f"{denoiser.name} is a masked-diffusion model: use margin, top_prob, entropy, ...")
 
-        # === 7. apply: reveal (the strategy's tokens or the proposals), re-mask, then EOS ===
+        # === 7. apply: reveal (the strategy's tokens or the proposals), re-noise, finish blocks, then EOS ===
         reveal = result.reveal & ctx.masked
         update = (result.update & ctx.fillable & ~ctx.masked) if result.update is not None else None
         changed = reveal if update is None else reveal | update
         new_tokens = torch.where(changed, x0 if result.tokens is None else result.tokens, ctx.x)
+        if result.noisy_tokens is not None:  # uniform-state: positions that stay noisy take the strategy's tokens
+            new_tokens = torch.where(ctx.masked & ~reveal, result.noisy_tokens, new_tokens)
+        if result.finish is not None:  # the block is decided: its noisy positions settle on the final tokens
+            done = result.finish.unsqueeze(-1) & ctx.masked & ctx.block & ~reveal
+            final = ctx.argmax if result.final_tokens is None else result.final_tokens
+            new_tokens = torch.where(done, final, new_tokens)
+            reveal = reveal | done
+            changed = changed | done
         confidence[sub] = torch.where(changed, p_x0, ctx.confidence)
+        noise.settle(sub, reveal)
         remask = torch.zeros_like(reveal)
         if result.remask is not None:
-            remask = result.remask & ctx.fillable & (new_tokens != mask_id)
-            new_tokens = new_tokens.masked_fill(remask, mask_id)
+            remask = result.remask & ctx.fillable & ~noise.noisy(new_tokens, ctx.fillable, sub)
+            new_tokens = noise.renoise(new_tokens, sub, remask, step)
         forward.invalidate(sub, remask if update is None else remask | (update & (new_tokens != ctx.x)))
         tokens[sub] = new_tokens
         if eos is not None:
-            fill &= ~_fill_after_eos(tokens, generated_region, eos, mask_id)
+            fill &= ~_fill_after_eos(tokens, generated_region, eos, noise.noisy(tokens, fill))
         blocks.step_in_block[sub] += 1
         row_nfe[sub] += 1
         step += 1
@@ -433,14 +507,15 @@ def _gather(passes: list[tuple[torch.Tensor, Logits]], positions: torch.Tensor,
     return out
 
 
-def _dense(passes: list[tuple[torch.Tensor, Logits]], mask_id: int) -> torch.Tensor:
+def _dense(passes: list[tuple[torch.Tensor, Logits]], mask_id: int | None) -> torch.Tensor:
     """[b, W, V] logits of a pass (columns not computed: 0), the mask token at -inf (for `StepContext.logits`)."""
     first = passes[0][1]
     rows = sum(len(index) for index, _ in passes)
     out = first.values.new_zeros((rows, first.width, first.values.shape[-1]))
     for index, logits in passes:
         out[index] = logits.dense()
-    out[..., mask_id] = float("-inf")
+    if mask_id is not None:
+        out[..., mask_id] = float("-inf")
     return out
 
 
@@ -456,11 +531,12 @@ def _record(trace: Trace, step: int, canvas: Canvas, rows: torch.Tensor, reveal:
     trace.record(step, canvas.tokens, canvas.padding, whole(reveal), whole(remask), whole(p_x0 * reveal))
 
 
-def _fill_after_eos(tokens: torch.Tensor, generated: torch.Tensor, eos: int, mask_id: int) -> torch.Tensor:
-    """Set the generated masks after each row's first revealed EOS to EOS; return the positions after it."""
-    is_eos = generated & (tokens == eos)
+def _fill_after_eos(tokens: torch.Tensor, generated: torch.Tensor, eos: int, noisy: torch.Tensor) -> torch.Tensor:
+    """Set the generated positions still noisy after each row's first decided EOS to EOS; return the positions
+    after it."""
+    is_eos = generated & (tokens == eos) & ~noisy
     after = (is_eos.long().cumsum(1) - is_eos.long()) > 0
-    tokens.masked_fill_(after & generated & (tokens == mask_id), eos)
+    tokens.masked_fill_(after & generated & noisy, eos)
     return after & generated
 
 

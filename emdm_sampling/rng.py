@@ -47,3 +47,44 @@ class CounterRNG:
         sub = CounterRNG.__new__(CounterRNG)
         sub._base = self._base[index]
         return sub
+
+
+class TorchRowGenerators:
+    """One `torch.Generator` per row, seeded with the row's seed (`SamplerConfig.rng = "torch"`).
+
+    A compatibility path for reproducing a reference implementation that draws from torch's global generator
+    (transformers' DiffusionGemma `generate`: `torch.randint` canvases and renoising, `torch.multinomial`
+    proposals): a row's draws follow that order, so after `torch.manual_seed(seed)` the reference run on that one
+    prompt and emdm's row with seed `seed` see the same numbers. Each row keeps its own generator, so its draws
+    still do not depend on the batch; the counter-based `CounterRNG` stays the default (it needs no per-row loop).
+    """
+
+    def __init__(self, seeds: list[int], device: torch.device | str = "cpu"):
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+    def _rows(self, rows: torch.Tensor | slice, count: int) -> list[int]:
+        return list(range(count)) if isinstance(rows, slice) else [int(r) for r in rows.tolist()]
+
+    def randint(self, rows: torch.Tensor | slice, positions: torch.Tensor, high: int,
+                vocabulary: torch.Tensor) -> torch.Tensor:
+        """[b, W]: at each row's `positions` (column order) `vocabulary[randint(0, high, (1, n))]`."""
+        out = torch.zeros(positions.shape, dtype=torch.long, device=positions.device)
+        for i, row in enumerate(self._rows(rows, positions.shape[0])):
+            n = int(positions[i].sum())
+            if n:
+                draw = torch.randint(0, high, (1, n), generator=self.generators[row], device=positions.device)
+                out[i, positions[i]] = vocabulary[draw[0]]
+        return out
+
+    def multinomial(self, rows: torch.Tensor | slice, positions: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """[N] one draw per row of `probs` [N, V] (the True entries of `positions` [b, W], row-major), each
+        emdm row's positions drawn together from its generator."""
+        counts = positions.sum(1).tolist()
+        out = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
+        first = 0
+        for n, row in zip(counts, self._rows(rows, positions.shape[0])):
+            if n:
+                out[first:first + n] = torch.multinomial(probs[first:first + n], 1,
+                                                         generator=self.generators[row]).squeeze(-1)
+            first += n
+        return out

@@ -6,7 +6,7 @@ checkpoint's own code).
 """
 
 from . import masked_lm  # noqa: F401,I001  (first: later registrations are tried before it)
-from . import a2d, dream, llada, remote, sdar  # noqa: F401,E402
+from . import a2d, diffusion_gemma, dream, llada, remote, sdar  # noqa: F401,E402
 from .backbone import BackboneDenoiser  # noqa: E402
 
 __all__ = ["BackboneDenoiser", "native_family_for"]

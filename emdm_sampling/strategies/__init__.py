@@ -67,6 +67,18 @@ class StepContext:
     flat_sum_exp: torch.Tensor | None = None
     order_noise: float = 0.0  # Gumbel noise coefficient on the ordering score (SamplerConfig.order_noise)
     order_noise_decay: str = "none"  # how the coefficient shrinks over a block's steps
+    # uniform-state models (Duo, DiffusionGemma): noisy positions hold random tokens instead of the mask (`masked`
+    # then means "noisy"); `random_tokens(positions [B, W])` draws fresh noise tokens for this step's rows
+    uniform_noise: bool = False
+    random_tokens: Callable[[torch.Tensor], torch.Tensor] | None = None
+    noise_vocabulary: torch.Tensor | None = None  # [K] the ids noise tokens are drawn from (None: the vocabulary)
+
+    @cached_property
+    def argmax(self) -> torch.Tensor:
+        """[B, W] the most probable token at the scored positions (the current token elsewhere)."""
+        out = self.x.clone()
+        out[self.scored] = self.flat_logits.argmax(-1)
+        return out
 
     def noise_scale(self) -> torch.Tensor:
         """[B, 1] this step's ordering-noise coefficient: constant, or decayed over the block (`block_decay`)."""
@@ -166,14 +178,21 @@ class StepContext:
 
 @dataclass
 class StepResult:
-    """What a step changes: `reveal` (masked positions) and `update` (revealed positions, re-predicted) take
-    `tokens` (default: the proposals); `remask` (revealed positions) become masks; every other position keeps its
-    token."""
+    """What a step changes: `reveal` (masked / noisy positions: they settle) and `update` (revealed positions,
+    re-predicted) take `tokens` (default: the proposals); `remask` (revealed positions) become noise again (the
+    mask, or a fresh random token); every other position keeps its token.
+
+    Uniform-state strategies also set `noisy_tokens` (the new tokens of the positions that stay noisy: accepted
+    proposals and renoised ones) and `finish` ([B] bool: the row's block is decided now; its noisy positions settle
+    on `final_tokens`, default the argmax)."""
 
     reveal: torch.Tensor
     remask: torch.Tensor | None = None
     tokens: torch.Tensor | None = None
     update: torch.Tensor | None = None
+    noisy_tokens: torch.Tensor | None = None
+    finish: torch.Tensor | None = None
+    final_tokens: torch.Tensor | None = None
 
 
 class Strategy:
@@ -229,4 +248,4 @@ def get_sampler(name: str) -> type[Strategy]:
     return SAMPLERS.get(name)
 
 
-from . import ordering, remasking  # noqa: E402,F401  (register the built-in strategies)
+from . import ordering, remasking, uniform  # noqa: E402,F401  (register the built-in strategies)
