@@ -207,6 +207,10 @@ class EMDMLM(TemplateLM):
             max_length=args.max_length, peft=self.peft)
         self._device = self.denoiser.device
         self.tokenizer = self.denoiser.tokenizer
+        family_defaults = self.denoiser.sampler_defaults()
+        if family_defaults and "sampler" not in kwargs:  # the family's own decoding unless the user chose one
+            given = {k: v for k, v in kwargs.items() if k not in MODEL_ARGS}
+            self.sampler_config = self.config_class.from_kwargs(**{**family_defaults, **given})
         if args.chat_template:
             self.tokenizer.chat_template = read_chat_template(str(args.chat_template))
         self._bos = self._find_bos()
@@ -351,7 +355,14 @@ class EMDMLM(TemplateLM):
             f"length {self.max_length}; lower --num_fewshot or pass truncation=left in --model_args to drop the "
             f"oldest context tokens")
 
+    def _check_likelihood(self) -> None:
+        """Uniform-state models have no masked ELBO: a one-line error instead of wrong numbers."""
+        problem = self.denoiser.likelihood_problem
+        if problem:
+            raise ConfigError(f"{self.pretrained}: {problem}")
+
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        self._check_likelihood()
         return super().loglikelihood(requests, disable_tqdm=disable_tqdm or self.rank != 0)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
@@ -389,6 +400,7 @@ class EMDMLM(TemplateLM):
         return res.generated[0] == list(continuation)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        self._check_likelihood()
         stats = self._stats["loglikelihood_rolling"]
         start, passes0 = time.perf_counter(), self.denoiser.forward_calls
         out: list[float] = []
@@ -435,6 +447,8 @@ class EMDMLM(TemplateLM):
         else:
             temperature = default_temperature
         overrides: dict[str, Any] = {"gen_length": gen_length, "temperature": temperature}
+        if not float(temperature) and self.sampler_config.temperature_end is not None:
+            overrides["temperature_end"] = None  # greedy: argmax proposals, no temperature schedule
         sampler = str(kw.get("sampler", self.sampler_config.sampler))
         for key, value in kw.items():
             if key in ("do_sample", "temperature", "until"):
@@ -479,7 +493,7 @@ class EMDMLM(TemplateLM):
         return self._auto_batch
 
     def _detect_batch_size(self, seq_len: int) -> int:
-        if self.device.type != "cuda":
+        if self.device.type != "cuda" or hasattr(self.denoiser, "make_forward"):  # no single-pass probe
             return min(self.max_batch_size, 8)
         from accelerate.utils import find_executable_batch_size
 

@@ -34,6 +34,20 @@ class Denoiser:
     infills = True  # whether mask tokens inside a prompt are decoded (models without a mask token: no)
     canvas_length: int | None = None  # models that denoise fixed-size canvases (DiffusionGemma)
 
+    @property
+    def likelihood_problem(self) -> str | None:
+        """Why emdm cannot score a continuation's likelihood with this model (None: the masked ELBO applies)."""
+        if self.noise == "uniform":
+            return ("a uniform-state diffusion model (trained with --noise uniform): emdm's likelihood estimator is "
+                    "the masked-diffusion ELBO, which does not hold for it; generation tasks (generate_until) work, "
+                    "loglikelihood tasks do not")
+        return None
+
+    def sampler_defaults(self) -> dict[str, Any]:
+        """The family's own decoding settings (SamplerConfig fields and strategy options), used by lm-eval when
+        `--model_args` name no sampler; {} = emdm's defaults."""
+        return {}
+
     def __init__(self, model: torch.nn.Module, tokenizer: Any, mask_token_id: int, eos_token_id: int | None,
                  pad_token_id: int, max_length: int, path: str = "", surprise: torch.Tensor | None = None):
         self.model = model

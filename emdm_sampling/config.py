@@ -39,6 +39,9 @@ class SamplerConfig:
     sampler: str = option("margin", "a registered strategy (`available_samplers()`)", check=_known_sampler)
     steps: int = option(64, "forward passes budgeted for the whole generation, split evenly over blocks",
                         check=at_least(1))
+    steps_per_block: int | None = option(None, "forward passes per block instead of `steps` split over the blocks "
+                                               "(DiffusionGemma's max_denoising_steps per canvas): the budget then "
+                                               "grows with the generation length", check=at_least(1))
     gen_length: int = option(64, "mask tokens appended after each prompt (0: infilling only)", check=at_least(0))
     block_length: int | None = option(None, "semi-autoregressive block size (none: one block); later blocks are "
                                             "hidden from selection", check=at_least(1))

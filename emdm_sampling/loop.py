@@ -152,8 +152,11 @@ class BlockState:
             block_id = torch.where(fill, rank // block_len, torch.full_like(rank, _FAR))
             n_blocks = ((n_fill + block_len - 1) // block_len).clamp(min=1)
         zeros = torch.zeros_like(n_blocks)
-        # `steps` is split over a row's blocks; the first `steps % n_blocks` blocks get one step more.
-        return cls(block_id, n_blocks, config.steps // n_blocks, config.steps % n_blocks,
+        if config.steps_per_block:
+            base, extra = torch.full_like(n_blocks, config.steps_per_block), zeros.clone()
+        else:  # `steps` is split over a row's blocks; the first `steps % n_blocks` blocks get one step more.
+            base, extra = config.steps // n_blocks, config.steps % n_blocks
+        return cls(block_id, n_blocks, base, extra,
                    torch.full_like(n_blocks, -1), zeros.clone(), torch.ones_like(n_blocks), zeros.clone(),
                    first_block, block_len if aligned else 0)
 
@@ -307,7 +310,7 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
     # === 2. block state, forward passes (with or without cache), randomness, per-row memory ===
     positions = canvas.window(canvas.positions())
     blocks = BlockState.build(fill, config, positions, aligned=attention_block)
-    if config.steps < int(blocks.n_blocks.max()):  # every block takes at least one pass
+    if not config.steps_per_block and config.steps < int(blocks.n_blocks.max()):  # every block takes a pass
         raise ConfigError(f"steps={config.steps} is fewer than the {int(blocks.n_blocks.max())} blocks to decode "
                           f"(gen_length {config.gen_length}, block_length {config.block_length or attention_block}); "
                           f"give steps >= {int(blocks.n_blocks.max())} or a longer block_length")
@@ -329,7 +332,8 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
     workspace = _Workspace()
     eos = denoiser.eos_token_id if config.stop_at_eos else None
     # every schedule ends within this many passes; the bound guards against a faulty strategy
-    max_steps = int(fill.sum(1).max()) + config.steps + int(blocks.n_blocks.max()) + strategy.extra_steps() + 1
+    budget = config.steps_per_block * int(blocks.n_blocks.max()) if config.steps_per_block else config.steps
+    max_steps = int(fill.sum(1).max()) + budget + int(blocks.n_blocks.max()) + strategy.extra_steps() + 1
     bar = tqdm(total=max_steps, desc=f"{config.sampler}", disable=not progress, leave=False)
 
     step = 0
