@@ -265,8 +265,20 @@ def load_denoiser(pretrained: str | os.PathLike, adapter: str | None = None, dev
     eos = eos_token_id(tok, config)
     pad = tok.pad_token_id if tok.pad_token_id is not None else (eos if eos is not None else mask_id)
     surprise = load_surprise(os.path.expanduser(str(peft))) if peft else None
-    return cls(model, tok, mask_id, eos, pad, max_length_of(config, tok, max_length), path=path,
-               surprise=surprise if surprise is not None else load_surprise(path))
+    den = cls(model, tok, mask_id, eos, pad, max_length_of(config, tok, max_length), path=path,
+              surprise=surprise if surprise is not None else load_surprise(path))
+    apply_noise(den, os.path.expanduser(str(peft)) if peft else path)
+    return den
+
+
+def apply_noise(den: Denoiser, path: str) -> None:
+    """A checkpoint trained with `emdm_train --noise uniform` (its `noise.json`) decodes with uniform noise."""
+    from emdm_core.diffusion_noise import NoiseSpec
+
+    spec = NoiseSpec.load(path) if os.path.isdir(path) else None
+    if spec is not None and spec.noise == "uniform":
+        den.noise = "uniform"
+        den.noise_vocabulary = spec.vocabulary()
 
 
 def peft_base(path: str | os.PathLike) -> str | None:

@@ -155,6 +155,25 @@ class TrainConfig:
                                               "clean sequence; P >= 1 = P passes, each masking 1/P of the tokens, "
                                               "entropy read where masked")
 
+    # -- noise (uniform-state diffusion) --------------------------------------------------------------------------
+    noise: str = _opt("mask", "the diffusion's noise: mask (masked diffusion, the --masking schedules) or uniform "
+                      "(Duo: one-hot tokens + Gaussian noise -> argmax, a symmetric-KL loss scaled per row; the "
+                      "checkpoint then decodes with the uniform-state samplers duo, entropy_bound, margin, ...)",
+                      "noise", choices=("mask", "uniform"))
+    noise_weight_range: tuple[float, ...] | None = _opt(None, "--noise uniform: draw the noise weight w ~ U(lo, hi) "
+                                                         "per row (the seed's 0.25,0.5) instead of from t ~ U(t_min, "
+                                                         "t_max) with alpha_t = 1 - t", "noise",
+                                                         check=lambda v: None if len(v) == 2 else
+                                                         "must be two numbers lo,hi")
+    soft_token_steps: int = _opt(0, "--noise uniform: Duo's curriculum: for the first N steps the model reads soft "
+                                 "tokens softmax(latent / tau) instead of the argmax, tau falling linearly from "
+                                 "--soft-token-temperature to 0", "noise", check=at_least(0))
+    soft_token_temperature: float = _opt(0.1, "--noise uniform: tau at the start of the soft-token curriculum",
+                                         "noise", check=greater_than(0))
+    kl_smoothing: float = _opt(0.01, "--noise uniform: the target of the reverse KL is the one-hot smoothed by this "
+                               "mass (keeps KL(p || q) finite)", "noise", check=in_range(0, 1, low_open=True,
+                                                                                         high_open=True))
+
     # -- optimisation -----------------------------------------------------------------------------------------------
     max_steps: int | None = _opt(None, "optimizer steps to train (or give --num-epochs)", "optimisation",
                                  check=at_least(1))
@@ -249,6 +268,12 @@ class TrainConfig:
             raise TrainConfigError(f"unknown --masking {self.masking!r}; choose one of "
                                    f"{', '.join(available_maskings())}")
         typed.check_fields(self, TrainConfigError, label=typed.flag_name)
+        if self.noise == "uniform" and self.masking != "uniform":
+            raise TrainConfigError(f"--masking {self.masking} chooses which tokens become masks; --noise uniform "
+                                   f"corrupts every token with Gaussian-argmax noise instead: drop --masking")
+        if self.noise == "mask" and (self.noise_weight_range is not None or self.soft_token_steps):
+            raise TrainConfigError("--noise-weight-range and --soft-token-steps belong to --noise uniform; add "
+                                   "--noise uniform or drop them")
         from .lora import check_lora_config
 
         check_lora_config(self)

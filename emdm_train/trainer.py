@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from emdm_core.diffusion_noise import NoiseSpec
 from emdm_core.errors import first_line
 from emdm_core.prompts import RECIPE_FILE
 from emdm_core.seeds import mix_seed
@@ -45,6 +46,7 @@ from .config import TrainConfig, masking_options
 from .corpus import DataBundle, TokenData, prepare_data
 from .errors import TrainConfigError, TrainError
 from .masking import MASKINGS, MaskingSchedule, Noise, UniformMasking, maskable_positions, weighted_mlm_loss_sum
+from .uniform_noise import GaussianArgmaxCorruption, soft_temperature, soft_token_inputs, symmetric_kl_loss_sum
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +189,7 @@ class Trainer:
         self.main = self.acc.is_main_process
         self.device = self.acc.device
         self.history: list[dict[str, Any]] = []
+        self.noise_spec: NoiseSpec | None = None  # --noise uniform: the noise vocabulary (set up with the model)
         self._quiet_libraries()
 
     # -- setup ----------------------------------------------------------------------------------------------------
@@ -349,11 +352,42 @@ class Trainer:
         return table
 
     def _build_schedule(self, table: SurpriseTable) -> MaskingSchedule:
-        """The chosen schedule with its options (`--masking-option`, the per-schedule flags, the noise range)."""
+        """The chosen schedule with its options (`--masking-option`, the per-schedule flags, the noise range);
+        with --noise uniform, Duo's Gaussian-argmax corruption over the noise vocabulary."""
+        if self.noise_spec is not None:
+            return self._corruption(self.cfg.t_min or self.cfg.eps, self.cfg.t_max or 1.0,
+                                    self.cfg.noise_weight_range)
         options, labels = masking_options(self.cfg)
         cls = MASKINGS.get(self.cfg.masking)
         resources = {"surprise": table} if cls.needs_surprise else {}
         return cls(self.mask_token_id, labels=labels, **resources, **options)
+
+    def _corruption(self, t_min: float, t_max: float, weights: Any = None) -> GaussianArgmaxCorruption:
+        return GaussianArgmaxCorruption(self.noise_spec.vocabulary(), self.vocab_size, t_min, t_max,
+                                        tuple(weights) if weights else None)
+
+    def _noise_spec(self, unmaskable: torch.Tensor) -> NoiseSpec | None:
+        """--noise uniform: noise tokens are the ids a trained position may hold (the tokenizer's ordinary ids and
+        EOS when it is trained); saved with every checkpoint so that the sampler draws the same noise."""
+        if self.cfg.noise != "uniform":
+            return None
+        size = min(len(self.tokenizer), output_vocab_size(self.model))
+        excluded = tuple(int(i) for i in unmaskable[:size].nonzero().flatten().tolist())
+        return NoiseSpec("uniform", size, excluded)
+
+    def loss_sum(self, logits: torch.Tensor, mb: Any) -> torch.Tensor:
+        """The objective's sum over a micro-batch: weighted masked cross-entropy, or Duo's symmetric KL."""
+        if self.noise_spec is not None:
+            return symmetric_kl_loss_sum(logits, mb.labels, mb.weights, self.cfg.kl_smoothing)
+        return weighted_mlm_loss_sum(logits, mb.labels, mb.weights)
+
+    def _logits(self, model: torch.nn.Module, mb: Any, attn: torch.Tensor) -> torch.Tensor:
+        """The network's logits for a (masked or corrupted) micro-batch; soft tokens through the embedding."""
+        soft = getattr(mb, "soft", None)
+        context = (soft_token_inputs(self.acc.unwrap_model(model), mb, self.noise_spec.vocabulary())
+                   if soft is not None else contextlib.nullcontext())
+        with context, self.acc.autocast():
+            return self.forward_logits(model, mb.input_ids, attn)
 
     def _unmaskable_table(self) -> torch.Tensor:
         ids = special_token_ids(self.tokenizer, extra=[self.mask_token_id, self.pad_token_id])
@@ -377,7 +411,7 @@ class Trainer:
             model.train(was_training)
 
     def _micro_batch(self, run: "Run", data: TokenData, rows: np.ndarray, noise: Noise, schedule: MaskingSchedule,
-                     augment_seed: int | None = None):
+                     augment_seed: int | None = None, step: int | None = None, first_row: int = 0):
         ids, attn, plen = data.collate(rows, self.pad_token_id)
         if augment_seed is not None and run.augment is not None:
             gen = torch.Generator().manual_seed(augment_seed)
@@ -385,8 +419,13 @@ class Trainer:
         ids, attn, plen = ids.to(self.device), attn.to(self.device), plen.to(self.device)
         maskable = maskable_positions(ids, attn, run.unmaskable, plen, data.collate_trainable(rows, ids.shape[1]))
         logits_fn = self._probe if schedule.needs_model else None
+        extra: dict[str, Any] = {}
+        if self.noise_spec is not None and step is not None:  # Duo's soft-token curriculum (Gaussian per row)
+            extra["soft_temperature"] = soft_temperature(step, self.cfg.soft_token_steps,
+                                                         self.cfg.soft_token_temperature)
+            extra["row_seeds"] = [mix_seed(self.cfg.seed, step, 6, first_row + i) for i in range(len(rows))]
         return schedule(ids, maskable, noise=noise.take(slice(None), ids.shape[1]).to(self.device),
-                        attention_mask=attn, logits_fn=logits_fn), attn
+                        attention_mask=attn, logits_fn=logits_fn, **extra), attn
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def save_checkpoint(self, run: "Run", state: "RunState", step: int) -> Path:
@@ -402,6 +441,8 @@ class Trainer:
             model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             run.table.save(tmp)
+            if self.noise_spec is not None:
+                self.noise_spec.save(tmp)
             # the data format as resolved (auto -> prompt_response ...): evaluation prompts the model as it trained
             dataclasses.replace(self.cfg, data_format=run.data.format).save_yaml(tmp / RECIPE_FILE)
             state_dir.mkdir()
@@ -489,8 +530,8 @@ class Trainer:
         if not path.is_file():
             return
         old = yaml.safe_load(path.read_text()) or {}
-        keys = ("masking", "batch_size", "learning_rate", "seed", "max_length", "data", "lr_scheduler",
-                "warmup_steps")
+        keys = ("masking", "noise", "soft_token_steps", "batch_size", "learning_rate", "seed", "max_length", "data",
+                "lr_scheduler", "warmup_steps")
         changed = [f"{k} {old[k]!r} -> {getattr(self.cfg, k)!r}" for k in keys
                    if k in old and old[k] != getattr(self.cfg, k)]
         try:
@@ -533,9 +574,8 @@ class Trainer:
             maskable = maskable_positions(ids, attn, run.unmaskable, plen, val.collate_trainable(chunk, ids.shape[1]))
             noise = run.eval_noise.take(torch.from_numpy(chunk), ids.shape[1]).to(self.device)
             mb = run.eval_schedule(ids, maskable, noise=noise, attention_mask=attn)
-            with self.acc.autocast():
-                logits = self.forward_logits(model, mb.input_ids, attn)
-            totals[0] += weighted_mlm_loss_sum(logits, mb.labels, mb.weights).double()
+            logits = self._logits(model, mb, attn)
+            totals[0] += self.loss_sum(logits, mb).double()
             totals[1] += mb.n_maskable.sum()
             sel = mb.mask
             totals[2] += (logits.argmax(-1)[sel] == mb.labels[sel]).sum()
@@ -574,6 +614,7 @@ class Trainer:
                              f"vocabulary has {self.vocab_size} ids; pass the model's own --tokenizer")
         table = self._build_surprise(data, resume_dir)
         unmaskable = self._unmaskable_table()
+        self.noise_spec = self._noise_spec(unmaskable)
         counts = data.train.maskable_counts(unmaskable.numpy())
         if int(counts.sum()) == 0:
             raise TrainError("no token of the training data may be masked (all special or prompt); check the data "
@@ -595,7 +636,8 @@ class Trainer:
         self.model.train(cfg.dropout)
         return Run(resume_dir=resume_dir, micro=micro, accum=accum, data=data, table=table,
                    unmaskable=unmaskable.to(self.device), schedule=schedule,
-                   eval_schedule=UniformMasking(self.mask_token_id, eps=cfg.eps), eval_noise=eval_noise,
+                   eval_schedule=(self._corruption(cfg.eps, 1.0) if self.noise_spec is not None
+                                  else UniformMasking(self.mask_token_id, eps=cfg.eps)), eval_noise=eval_noise,
                    counts=counts, lengths=data.train.lengths, n_train=n_train, max_steps=max_steps,
                    optimizer=optimizer, scheduler=scheduler, order=EpochOrder(n_train, cfg.seed),
                    augment=augment)
@@ -614,12 +656,12 @@ class Trainer:
             first = (g * self.world + self.rank) * run.micro
             part = slice(first, first + run.micro)
             mb, attn = self._micro_batch(run, run.data.train, rows[part], noise.take(part, run.data.max_length),
-                                         run.schedule, augment_seed=mix_seed(cfg.seed, step, 5, first))
+                                         run.schedule, augment_seed=mix_seed(cfg.seed, step, 5, first), step=step,
+                                         first_row=first)
             sync = contextlib.nullcontext() if g == run.accum - 1 else self.acc.no_sync(self.model)
             with sync:
-                with self.acc.autocast():
-                    logits = self.forward_logits(self.model, mb.input_ids, attn)
-                loss_sum = weighted_mlm_loss_sum(logits, mb.labels, mb.weights)
+                logits = self._logits(self.model, mb, attn)
+                loss_sum = self.loss_sum(logits, mb)
                 # DDP averages gradients over processes: scale so that the result is sum / n_norm
                 self.acc.backward(loss_sum * (self.world / n_norm))
             step_loss += loss_sum.detach().double() / n_norm
@@ -672,10 +714,12 @@ class Trainer:
         if self.log_with:
             self.acc.init_trackers("emdm_train", config={k: v for k, v in cfg.to_dict().items()
                                                          if isinstance(v, (int, float, str, bool))})
+        objective = (f"noise uniform (Duo, {self.noise_spec.vocabulary_size - len(self.noise_spec.excluded)} noise "
+                     f"tokens)" if self.noise_spec is not None else f"masking {cfg.masking}")
         self.log(f"emdm_train: {type(self.acc.unwrap_model(self.model)).__name__} "
                  f"({sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M params), {run.data.format} data: "
                  f"{run.n_train} train rows / {0 if run.data.val is None else len(run.data.val)} held-out, "
-                 f"max_length {run.data.max_length}; masking {cfg.masking}; {run.max_steps} steps of "
+                 f"max_length {run.data.max_length}; {objective}; {run.max_steps} steps of "
                  f"{cfg.batch_size} rows = {self.world} process(es) x {run.accum} accumulation x {run.micro}; "
                  f"device {self.device}, precision {self.acc.mixed_precision}"
                  + (f"; resuming at step {start} from {run.resume_dir}" if run.resume_dir else ""))
