@@ -368,12 +368,17 @@ class Trainer:
 
     def _noise_spec(self, unmaskable: torch.Tensor) -> NoiseSpec | None:
         """--noise uniform: noise tokens are the ids a trained position may hold (the tokenizer's ordinary ids and
-        EOS when it is trained); saved with every checkpoint so that the sampler draws the same noise."""
+        EOS when it is trained), or those the architecture declares (`config.noise_token_ids`: emdm's Sudoku model
+        takes digits only); saved with every checkpoint so that the sampler draws the same noise."""
         if self.cfg.noise != "uniform":
             return None
         size = min(len(self.tokenizer), output_vocab_size(self.model))
-        excluded = tuple(int(i) for i in unmaskable[:size].nonzero().flatten().tolist())
-        return NoiseSpec("uniform", size, excluded)
+        excluded = unmaskable[:size].clone()
+        declared = getattr(self.model.config, "noise_token_ids", None)
+        if declared is not None:
+            excluded = torch.ones(size, dtype=torch.bool)
+            excluded[torch.tensor([int(i) for i in declared if 0 <= int(i) < size], dtype=torch.long)] = False
+        return NoiseSpec("uniform", size, tuple(int(i) for i in excluded.nonzero().flatten().tolist()))
 
     def loss_sum(self, logits: torch.Tensor, mb: Any) -> torch.Tensor:
         """The objective's sum over a micro-batch: weighted masked cross-entropy, or Duo's symmetric KL."""

@@ -90,6 +90,12 @@ class SudokuConfig(PretrainedConfig):
         self.max_position_embeddings = max_position_embeddings or 2 * grid_size * grid_size + 2
         super().__init__(pad_token_id=pad_token_id, eos_token_id=eos_token_id, **kwargs)
 
+    @property
+    def noise_token_ids(self) -> list[int]:
+        """The ids uniform-state noise may take (`emdm_train --noise uniform`): the digits 1..grid_size, the
+        values a cell can hold (any other token in a cell would break the cell layout)."""
+        return list(range(self.zero_token_id + 1, self.zero_token_id + self.grid_size + 1))
+
 
 class SudokuBlock(GradientCheckpointingLayer):
     """Pre-LN transformer block: self-attention then a GELU MLP, both residual (a transformers
