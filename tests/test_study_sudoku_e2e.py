@@ -100,29 +100,37 @@ def test_margin_beats_vanilla_on_held_out_4x4_puzzles(tmp_path):
     assert hits["margin"] > hits["vanilla"] and z > 3, (hits, z)
 
 
-@pytest.mark.slow
-def test_unstructured_bert_recipe_margin_beats_vanilla_paired(tmp_path):
-    """The paper's setting in miniature: a stock BertForMaskedLM (learned absolute positions, full vocabulary,
-    clues predicted like any cell), puzzle [SEP] solution [EOS], a fresh random symmetry of every puzzle in every
-    batch (`--augment`). Paired on the same held-out puzzles, margin solves more than vanilla (exact McNemar)."""
-    from emdm_core.stats import paired_counts
+def train_unstructured_bert(folder: Path, train: list[dict], *objective: str) -> Path:
+    """The paper's setting in miniature, trained with the real CLI into folder/model: a stock 2-layer BERT from
+    scratch, 450 steps, a fresh symmetry of every puzzle in every batch; `objective`: e.g. --masking uniform."""
     from emdm_models.architectures.sudoku import save_sudoku_encoder_dir
-    from emdm_sampling import generate, load_denoiser
 
-    train, test = split_puzzles()
-    data = tmp_path / "train.jsonl"
+    data = folder / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in train))
-    init = save_sudoku_encoder_dir(tmp_path / "init", "bert", "cpu", grid_size=4, hidden_size=128,
+    init = save_sudoku_encoder_dir(folder / "init", "bert", "cpu", grid_size=4, hidden_size=128,
                                    intermediate_size=512, num_hidden_layers=2, num_attention_heads=4)
     proc = subprocess.run(
         [sys.executable, "-m", "emdm_train", "--model", str(init), "--from-scratch", "--data", str(data),
-         "--output", str(tmp_path / "model"), "--data-format", "prompt_response", "--masking", "uniform",
+         "--output", str(folder / "model"), "--data-format", "prompt_response", *objective,
          "--max-length", "34", "--batch-size", "64", "--learning-rate", "1e-3", "--warmup-steps", "20",
          "--weight-decay", "0", "--max-steps", "450", "--val-split", "0", "--eval-every", "0", "--save-every", "0",
          "--log-every", "50", "--seed", "0", "--cpu", "--report-to", "none", "--no-progress",
          "--augment", "studies.sudoku.augment:symmetries"],
         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder / "model"
+
+
+@pytest.mark.slow
+def test_unstructured_bert_recipe_margin_beats_vanilla_paired(tmp_path):
+    """The paper's setting in miniature: a stock BertForMaskedLM (learned absolute positions, full vocabulary,
+    clues predicted like any cell), puzzle [SEP] solution [EOS], a fresh random symmetry of every puzzle in every
+    batch (`--augment`). Paired on the same held-out puzzles, margin solves more than vanilla (exact McNemar)."""
+    from emdm_core.stats import paired_counts
+    from emdm_sampling import generate, load_denoiser
+
+    train, test = split_puzzles()
+    train_unstructured_bert(tmp_path, train, "--masking", "uniform")
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)

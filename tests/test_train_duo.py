@@ -87,22 +87,16 @@ def test_symmetric_kl_penalises_mass_on_wrong_tokens_beyond_cross_entropy():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from emdm_models.tiny import build_tiny_checkpoint
-    from test_train_run import grammar_corpus
+    from test_train_run import grammar_setup
 
-    root = tmp_path_factory.mktemp("duo")
-    lines = grammar_corpus(600)
-    (root / "corpus.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in lines))
-    model = build_tiny_checkpoint(root / "tiny", "bert", corpus=lines, hidden_size=64)
-    return {"root": root, "data": str(root / "corpus.jsonl"), "model": str(model)}
+    return grammar_setup(tmp_path_factory.mktemp("duo"), 600)
 
 
 def _cfg(setup, out, **kw) -> TrainConfig:
-    base = dict(model=setup["model"], data=setup["data"], output=str(out), max_steps=20, batch_size=16,
-                learning_rate=3e-3, eval_every=0, save_every=0, log_every=10, progress=False, pack=False,
-                val_split=0.1, max_length=24, noise="uniform", cpu=True, report_to="none")
-    base.update(kw)
-    return TrainConfig(**base)
+    """test_train_run's small recipe, with --noise uniform."""
+    from test_train_run import _cfg as grammar_cfg
+
+    return grammar_cfg(setup, out, **{"noise": "uniform", "max_length": 24, "cpu": True, "report_to": "none", **kw})
 
 
 def test_a_duo_step_lowers_the_loss_on_a_fixed_batch(setup, tmp_path):
@@ -216,24 +210,11 @@ def test_duo_on_4x4_sudoku_beats_random_guessing_paired(tmp_path):
     import random
 
     from emdm_core.stats import paired_counts
-    from emdm_models.architectures.sudoku import save_sudoku_encoder_dir
     from emdm_sampling import generate, load_denoiser
-    from test_study_sudoku_e2e import ENV, solves, split_puzzles
+    from test_study_sudoku_e2e import solves, split_puzzles, train_unstructured_bert
 
     train_rows, test_rows = split_puzzles()
-    data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in train_rows))
-    init = save_sudoku_encoder_dir(tmp_path / "init", "bert", "cpu", grid_size=4, hidden_size=128,
-                                   intermediate_size=512, num_hidden_layers=2, num_attention_heads=4)
-    proc = subprocess.run(
-        [sys.executable, "-m", "emdm_train", "--model", str(init), "--from-scratch", "--data", str(data),
-         "--output", str(tmp_path / "model"), "--data-format", "prompt_response", "--noise", "uniform",
-         "--max-length", "34", "--batch-size", "64", "--learning-rate", "1e-3", "--warmup-steps", "20",
-         "--weight-decay", "0", "--max-steps", "450", "--val-split", "0", "--eval-every", "0", "--save-every", "0",
-         "--log-every", "150", "--seed", "0", "--cpu", "--report-to", "none", "--no-progress",
-         "--augment", "studies.sudoku.augment:symmetries"],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train_unstructured_bert(tmp_path, train_rows, "--noise", "uniform")
     den = load_denoiser(tmp_path / "model")
     assert den.noise == "uniform"
     prompts = [den.tokenizer(r["puzzle"])["input_ids"] for r in test_rows]

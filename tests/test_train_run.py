@@ -37,15 +37,19 @@ def grammar_corpus(n: int, seed: int = 0) -> list[str]:
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def grammar_setup(root: Path, n: int) -> dict:
+    """A grammar corpus of n sentences (corpus.jsonl) and a tiny BERT whose tokenizer is trained on it."""
     from emdm_models.tiny import build_tiny_checkpoint
 
-    root = tmp_path_factory.mktemp("train")
-    lines = grammar_corpus(1200)
+    lines = grammar_corpus(n)
     (root / "corpus.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in lines))
     model = build_tiny_checkpoint(root / "tiny", "bert", corpus=lines, hidden_size=64)
     return {"root": root, "data": str(root / "corpus.jsonl"), "model": str(model), "lines": lines}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return grammar_setup(tmp_path_factory.mktemp("train"), 1200)
 
 
 def _cfg(setup, out, **kw) -> TrainConfig:
