@@ -140,7 +140,8 @@ def test_family_defaults_come_from_the_generation_config(dg_path, tmp_path):
     import shutil
 
     den = load_denoiser(dg_path)
-    assert den.sampler_defaults() == {"sampler": "entropy_bound", "steps_per_block": 48, "temperature": 0.8,
+    assert den.sampler_defaults() == {"sampler": "entropy_bound", "stop_at_eos": True, "steps_per_block": 48,
+                                      "temperature": 0.8,
                                       "temperature_end": 0.4, "entropy_bound": 0.1, "stability_threshold": 1,
                                       "confidence_threshold": 0.005}
     own = tmp_path / "own"

@@ -38,14 +38,15 @@ class DiffusionGemmaDenoiser(Denoiser):
     def sampler_defaults(self) -> dict[str, Any]:
         """`model.generate`'s decoding: the checkpoint's generation_config.json over DiffusionGemma's defaults
         (entropy bound 0.1, temperature 0.8 -> 0.4, 48 steps per canvas, stable for 1 step and mean entropy
-        < 0.005 to stop early)."""
+        < 0.005 to stop early; no canvas after the one that holds EOS, as its EOS criterion)."""
         from transformers.models.diffusion_gemma.generation_diffusion_gemma import DiffusionGemmaGenerationConfig
 
         defaults = DiffusionGemmaGenerationConfig._get_default_generation_params()
         given = getattr(self.model, "generation_config", None)
         value = {k: getattr(given, k, None) for k in defaults}
         value = {k: (v if v is not None else defaults[k]) for k, v in value.items()}
-        return {"sampler": "entropy_bound", "steps_per_block": int(value["max_denoising_steps"]),
+        return {"sampler": "entropy_bound", "stop_at_eos": True,  # no canvas after the one holding EOS
+                "steps_per_block": int(value["max_denoising_steps"]),
                 "temperature": float(value["t_max"]), "temperature_end": float(value["t_min"]),
                 "entropy_bound": float(value["sampler_config"].entropy_bound),
                 "stability_threshold": int(value["stability_threshold"]),
