@@ -26,7 +26,7 @@ from .forward import Logits, ModelForward
 from .noise import canvas_noise
 from .rng import CounterRNG, TorchRowGenerators, fold_seed
 from .schedules import get_schedule, reveal_counts
-from .strategies import StepContext
+from .strategies import StepContext, available_samplers
 from .strategies.remasking import TopKRemaskDecoder
 from .trace import Trace
 
@@ -271,6 +271,12 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
         config = SamplerConfig.from_kwargs(**kwargs)
     elif kwargs:
         raise ConfigError(f"pass either config or keyword options, not both (got {', '.join(kwargs)})")
+    noise_kind = getattr(denoiser, "noise", "mask")
+    if noise_kind not in config.strategy_class.noises:
+        kinds = {"mask": "masked-diffusion", "uniform": "uniform-state (Duo, DiffusionGemma)"}
+        wanted = " and ".join(kinds[k] for k in config.strategy_class.noises)
+        raise ConfigError(f"sampler {config.sampler!r} is for {wanted} models; {denoiser.name} is a "
+                          f"{kinds[noise_kind]} model: use one of {', '.join(available_samplers(denoiser))}")
     strategy = config.strategy_class(config.options)
     if config.topk_remask != "off":
         strategy = TopKRemaskDecoder(strategy, config.topk_remask)

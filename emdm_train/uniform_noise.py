@@ -192,7 +192,8 @@ def soft_token_inputs(model: torch.nn.Module, batch: DuoBatch, vocabulary: torch
 
 def symmetric_kl_loss_sum(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
                           smoothing: float) -> torch.Tensor:
-    """sum over labelled positions of weight * (KL(one-hot || p) + KL(p || q)), q = (1 - s) one-hot + s / V (float32)."""
+    """sum over labelled positions of weight * (KL(one-hot || p) + KL(p || q)), q = (1 - s) one-hot + s / V
+    (float32)."""
     sel = labels != -100
     logp = torch.log_softmax(logits[sel].float(), dim=-1)
     target = labels[sel]

@@ -201,6 +201,7 @@ class Strategy:
     name: ClassVar[str] = ""
     options: ClassVar[dict[str, Any]] = {}
     remasks: ClassVar[bool] = False  # whether revealed tokens can change again
+    noises: ClassVar[tuple[str, ...]] = ("mask", "uniform")  # the canvases it decodes (Denoiser.noise)
 
     def __init__(self, options: dict[str, Any] | None = None):
         self.opt = {**self.options, **(options or {})}
@@ -238,9 +239,14 @@ def register_sampler(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
     return SAMPLERS.register(name)
 
 
-def available_samplers() -> list[str]:
-    """Names of the registered strategies, built-in and third-party."""
-    return SAMPLERS.available()
+def available_samplers(denoiser: Any = None) -> list[str]:
+    """Names of the registered strategies, built-in and third-party; with `denoiser`, those that can decode its
+    noise (masked or uniform-state)."""
+    names = SAMPLERS.available()
+    if denoiser is None:
+        return names
+    noise = getattr(denoiser, "noise", "mask")
+    return [n for n in names if noise in SAMPLERS.get(n).noises]
 
 
 def get_sampler(name: str) -> type[Strategy]:

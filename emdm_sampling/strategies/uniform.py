@@ -104,13 +104,12 @@ class DuoAncestral(Strategy):
     prediction; the last step (s = 0) takes the argmax of p (noise removal). Tokens keep changing until then: this is
     the self-correction uniform-state models offer."""
 
+    noises = ("uniform",)
+
     def score_positions(self, masked, eligible, block, state, rows):
         return block
 
     def step(self, ctx: StepContext) -> StepResult:
-        if not ctx.uniform_noise:
-            raise ConfigError("sampler 'duo' is for uniform-state models (trained with emdm_train --noise uniform, "
-                              "or DiffusionGemma); for a masked model use margin, remdm, ...")
         from ..loop import _inverse_cdf  # the loop's exact float64 inverse CDF
 
         j = ctx.block_step.double()

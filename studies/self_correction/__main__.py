@@ -16,7 +16,8 @@ Tasks: `sudoku4` (held-out 4x4 puzzles whose solution grids never occur in train
 unstructured setting), `sudoku9` (the committed 9x9 test puzzles; emdm's Sudoku architecture), `demo` (the demo
 completions; a tiny BERT on the demo corpus: 10 items, so not testable, reported as such).
 
-    python -m studies.self_correction --task sudoku4 --out runs/sc4 --results-dir docs/experiments/results/self_correction
+    python -m studies.self_correction --task sudoku4 --out runs/sc \
+        --results-dir docs/experiments/results/self_correction
 
 Resumable: a model whose folder holds weights is not trained again.
 """
