@@ -265,7 +265,8 @@ def test_the_self_correction_study_runs_end_to_end(tmp_path):
                   "--results-dir", str(tmp_path / "results")]) == 0
     result = json.loads((tmp_path / "results" / "demo.json").read_text())
     assert {(r["model"], r["sampler"]) for r in result["decodings"]} == {
-        ("masked", "margin"), ("masked", "remdm"), ("duo", "duo"), ("duo", "entropy_bound"), ("duo", "margin")}
+        ("masked", "margin"), ("masked", "remdm"), ("masked", "remdm_eta0"), ("duo", "duo"), ("duo", "entropy_bound"),
+        ("duo", "margin")}
     assert all(r["n"] == 4 and len(r["outcomes"]) == 4 for r in result["decodings"])
     pair = result["comparisons"][0]
     assert pair["a"] == "duo:duo" and pair["b"] == "masked:margin" and 0 <= pair["mcnemar_p"] <= 1

@@ -31,7 +31,7 @@ class DiffusionGemmaDenoiser(Denoiser):
 
     noise = "uniform"
     infills = False
-    # a class attribute in place of the base class's property  # type: ignore[assignment]
+    # a class attribute in place of the base class's property
     likelihood_problem = ("DiffusionGemma defines no tractable likelihood of a continuation (a uniform-state "
                           "encoder-decoder trained on a canvas denoising loss); generation tasks (generate_until) "
                           "work, loglikelihood tasks do not")

@@ -4,8 +4,9 @@ For one task, two models of the same architecture, size, data, seed and number o
 `emdm_train` CLI: a masked model (`--masking uniform`, MDLM) and a Duo model (`--noise uniform`). Each decodes the
 same held-out items with the same per-item seeds:
 
-- masked model: `margin` (reveal-only: a decided token stays) and `remdm` (ReMDM remasking: revealed tokens can be
-  masked again and re-predicted);
+- masked model: `margin` (reveal-only: a decided token stays), `remdm` (ReMDM remasking: revealed tokens can be
+  masked again and re-predicted) and its control `remdm_eta0` (the same sampled reverse process, eta = 0: no
+  remasking);
 - Duo model: `duo` (Duo's ancestral update: every token stays revisable until the block ends), `entropy_bound`
   (DiffusionGemma's accept/renoise rule) and `margin` (reveal-only on a uniform canvas);
 
@@ -49,13 +50,16 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM
 MODELS = {"masked": [], "duo": ["--noise", "uniform"]}
 SAMPLERS = {  # model -> [(label, sampler options)]
     "masked": [("margin", {"sampler": "margin"}),
-               ("remdm", {"sampler": "remdm", "temperature": 1.0, "eta": 0.04, "remdm_schedule": "cap"})],
+               ("remdm", {"sampler": "remdm", "temperature": 1.0, "eta": 0.04, "remdm_schedule": "cap"}),
+               # the control of remdm: the same sampled reverse process without remasking (MDLM's ancestral)
+               ("remdm_eta0", {"sampler": "remdm", "temperature": 1.0, "eta": 0.0})],
     "duo": [("duo", {"sampler": "duo", "temperature": 1.0}),
             ("entropy_bound", {"sampler": "entropy_bound", "temperature": 1.0}),
             ("margin", {"sampler": "margin"})],
 }
 COMPARISONS = [  # (a, b): "model:sampler" pairs, each at every budget
-    ("duo:duo", "masked:margin"), ("duo:duo", "masked:remdm"), ("masked:remdm", "masked:margin"),
+    ("duo:duo", "masked:margin"), ("duo:duo", "masked:remdm"), ("masked:remdm", "masked:remdm_eta0"),
+    ("masked:remdm", "masked:margin"),
     ("duo:entropy_bound", "masked:margin"), ("duo:margin", "masked:margin")]
 
 
