@@ -72,7 +72,7 @@ def main() -> None:
     print("| sampler | batch | wall s | forward passes | gen tokens/s | outside forward |")
     print("|---|---|---|---|---|---|")
     g = torch.Generator().manual_seed(0)
-    for sampler in args.samplers or available_samplers():
+    for sampler in args.samplers or available_samplers(den):
         for bs in args.batch_sizes:
             prompts = torch.randint(1, args.vocab - 2, (bs, args.prompt_length), generator=g).tolist()
             kw = dict(sampler=sampler, steps=args.steps, gen_length=args.gen_length, block_length=args.block_length,

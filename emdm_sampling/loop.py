@@ -380,6 +380,8 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
             if config.temperature > 0:  # uniform-state: every statistic reads the tempered distribution
                 flat_logits = flat_logits / _per_position(temperature, scored)
                 temperature = 1.0
+            if noise.outside is not None:  # the diffusion's states are the noise vocabulary: nothing else proposed
+                flat_logits[:, noise.outside] = lowest
         else:
             # the mask token is never proposed: the lowest finite logit (probability exactly 0, and no inf * 0 =
             # NaN in sums over the vocabulary such as the entropy)

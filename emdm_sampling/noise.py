@@ -7,7 +7,8 @@ row enters a block and when a strategy re-noises a position, and records which p
   say it all (this is the loop as it was before uniform-state models, bit for bit).
 - `UniformNoise` (Duo, DiffusionGemma): a noisy position holds a random token from the model's noise vocabulary, so
   the tokens cannot say which positions are decided; a `settled` flag per position does. A row's block is filled
-  with fresh random tokens when the row enters it, and a re-noised position draws a new random token.
+  with fresh random tokens when the row enters it, and a re-noised position draws a new random token. The noise
+  vocabulary is the diffusion's state space: ids outside it (a Duo model's [MASK], [PAD], ...) are never proposed.
 
 Random tokens come from the loop's generators: the counter-based `CounterRNG` (batch-invariant), or, with
 `rng=torch`, one `torch.Generator` per row, drawing as transformers' DiffusionGemma `generate` draws.
@@ -56,6 +57,7 @@ class UniformNoise:
                  torch_rng: TorchRowGenerators | None = None):
         self.vocabulary = vocabulary.long().to(fill.device)
         self.settled = ~fill  # [B, W]: positions outside the fill never change
+        self.outside: torch.Tensor | None = None  # [V - K] ids that are no state of the diffusion (never proposed)
         self.rng, self.torch_rng = rng, torch_rng
 
     def noisy(self, tokens: torch.Tensor, fill: torch.Tensor, rows: torch.Tensor | slice = slice(None)) -> torch.Tensor:
@@ -97,5 +99,10 @@ def canvas_noise(denoiser, fill: torch.Tensor, rng: CounterRNG,
         vocabulary = denoiser.noise_vocabulary
         if vocabulary is None:
             vocabulary = torch.arange(denoiser.vocab_size)
-        return UniformNoise(vocabulary, fill, rng, torch_rng)
+        noise = UniformNoise(vocabulary, fill, rng, torch_rng)
+        states = torch.zeros(denoiser.vocab_size, dtype=torch.bool, device=fill.device)
+        states[noise.vocabulary[noise.vocabulary < denoiser.vocab_size]] = True
+        if not bool(states.all()):
+            noise.outside = (~states).nonzero().flatten()
+        return noise
     return MaskNoise(denoiser.mask_token_id)

@@ -29,8 +29,10 @@ def _prompts(den):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("sampler", sorted(available_samplers()))
 def test_every_strategy_keeps_its_invariants(denoisers, family, sampler):
+    if sampler == "duo":
+        pytest.skip("uniform-state only: tests/test_sampling_uniform.py")
     if sampler not in {"vanilla", "top_prob", "margin", "entropy", "eags", "low_confidence_remask", "remdm",
-                       "surprise"}:
+                       "surprise", "entropy_bound"}:
         pytest.skip("registered by another test")
     den = denoisers[family]
     prompts = _prompts(den)
@@ -77,3 +79,24 @@ def test_counter_rng_is_uniform_and_row_independent():
     alone = CounterRNG(seeds[2:3], pos[:1]).uniform(step=7, stream=0)
     assert torch.equal(alone[0], u[2])
     assert not torch.equal(CounterRNG(seeds, pos).uniform(step=8, stream=0), u)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("sampler", ["duo", "entropy_bound", "margin", "remdm"])
+def test_uniform_canvas_keeps_the_invariants_on_every_family(denoisers, family, sampler):
+    """The same network read as a uniform-state model (noise from its ordinary tokens): no mask token ever appears,
+    prompts stay, rows decode alike alone and in a batch."""
+    import copy
+
+    den = copy.copy(denoisers[family])
+    den.noise = "uniform"
+    specials = set(den.tokenizer.all_special_ids) | {den.mask_token_id}
+    den.noise_vocabulary = torch.tensor([i for i in range(len(den.tokenizer)) if i not in specials])
+    prompts = _prompts(den)
+    kw = dict(sampler=sampler, steps=6, gen_length=12, block_length=4, temperature=1.0)
+    batch = generate(den, prompts, seeds=[11, 22, 33], **kw)
+    for i, prompt in enumerate(prompts):
+        seq = batch.sequences[i]
+        assert seq[: len(prompt)] == prompt and len(seq) == len(prompt) + 12
+        assert not specials & set(seq[len(prompt):]), "a token outside the noise vocabulary"
+        assert generate(den, [prompt], seeds=[[11, 22, 33][i]], **kw).sequences[0] == seq
