@@ -109,10 +109,15 @@ class GaussianArgmaxCorruption:
         return 1.0 - keep_probability(weight, self.k)
 
     @torch.no_grad()
-    def __call__(self, input_ids: torch.Tensor, maskable: torch.Tensor, *, noise: Noise,
-                 attention_mask: torch.Tensor | None = None, logits_fn: Any = None, soft_temperature: float = 0.0,
-                 row_seeds: list[int] | None = None, **_: Any) -> DuoBatch:
+    def __call__(self, input_ids: torch.Tensor, maskable: torch.Tensor, *, noise: Noise | None = None,
+                 generator: torch.Generator | None = None, attention_mask: torch.Tensor | None = None,
+                 logits_fn: Any = None, soft_temperature: float = 0.0,
+                 row_seeds: list[int] | None = None) -> DuoBatch:
+        """Corrupt a batch (as a masking schedule masks one: noise drawn from `generator` unless given); with
+        `soft_temperature` > 0 also the soft tokens, from one Gaussian generator per row (`row_seeds`)."""
         device = input_ids.device
+        if noise is None:
+            noise = Noise.draw(*input_ids.shape, generator=generator, device=device)
         t = self.t_min + (self.t_max - self.t_min) * noise.u_t.double()
         if self.noise_weight_range is not None:
             lo, hi = self.noise_weight_range

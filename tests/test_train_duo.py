@@ -273,3 +273,14 @@ def test_the_self_correction_study_runs_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "duo" / "noise.json").is_file()
     assert not (tmp_path / "demo" / "masked" / "noise.json").exists()
     assert "not testable at this scale" in (tmp_path / "results" / "demo.md").read_text()
+
+
+def test_the_corruption_works_as_a_dataloader_collate_schedule():
+    from emdm_train.masking import MaskingCollator
+
+    corruption = GaussianArgmaxCorruption(torch.arange(3, 20), 20, t_min=0.5, t_max=0.5)
+    collate = MaskingCollator(corruption, pad_token_id=0, generator=torch.Generator().manual_seed(0))
+    out = collate([{"input_ids": list(range(3, 15))}, {"input_ids": list(range(5, 10)), "prompt_length": 2}])
+    assert out["input_ids"].shape == (2, 12) and bool((out["attention_mask"][1, 5:] == 0).all())
+    assert bool((out["labels"][1, :2] == -100).all())  # the prompt is neither corrupted nor trained
+    assert torch.allclose(out["loss_weights"][0], torch.full((12,), 0.5))  # alpha_t at every corruptible position
