@@ -207,10 +207,9 @@ class EMDMLM(TemplateLM):
             max_length=args.max_length, peft=self.peft)
         self._device = self.denoiser.device
         self.tokenizer = self.denoiser.tokenizer
-        family_defaults = self.denoiser.sampler_defaults()
-        if family_defaults and "sampler" not in kwargs:  # the family's own decoding unless the user chose one
-            given = {k: v for k, v in kwargs.items() if k not in MODEL_ARGS}
-            self.sampler_config = self.config_class.from_kwargs(**{**family_defaults, **given})
+        # the family's own decoding (DiffusionGemma's) unless the user chose a sampler
+        self.sampler_config = self.config_class.for_denoiser(
+            self.denoiser, **{k: v for k, v in kwargs.items() if k not in MODEL_ARGS})
         if args.chat_template:
             self.tokenizer.chat_template = read_chat_template(str(args.chat_template))
         self._bos = self._find_bos()

@@ -49,12 +49,17 @@ def build_parser(config_class: type = SamplerConfig) -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace, config_class: type = SamplerConfig) -> SamplerConfig:
-    """The sampler config of parsed arguments: the given flags and `--option`s over the class defaults."""
+def sampler_values(args: argparse.Namespace, config_class: type = SamplerConfig) -> dict[str, Any]:
+    """The sampler settings the user gave: flags and `--option`s."""
     values: dict[str, Any] = {name: getattr(args, name) for name in config_class.field_names() if hasattr(args, name)}
     for item in args.option:
         values.update(typed.parse_mapping(item, "--option"))
-    return config_class.from_kwargs(**values)
+    return values
+
+
+def config_from_args(args: argparse.Namespace, config_class: type = SamplerConfig) -> SamplerConfig:
+    """The sampler config of parsed arguments: the given flags and `--option`s over the class defaults."""
+    return config_class.from_kwargs(**sampler_values(args, config_class))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,6 +84,7 @@ def _run(argv: Sequence[str] | None) -> int:
     den = load_denoiser(pretrained, adapter=args.adapter, device=args.device, dtype=args.dtype,
                         trust_remote_code=args.trust_remote_code, mask_token_id=args.mask_token_id,
                         tokenizer=args.tokenizer, spelling=Spelling("flags", "pretrained"))
+    config = SamplerConfig.for_denoiser(den, **sampler_values(args))  # the family's decoding, if no --sampler
     texts = args.prompt or ["the capital of france is"]
     tok = den.tokenizer
     if args.chat:

@@ -137,6 +137,13 @@ class SamplerConfig:
         the chosen strategy's options, strings converted to each one's type. Unknown names raise `ConfigError`."""
         return cls().replace(**kwargs)
 
+    @classmethod
+    def for_denoiser(cls, denoiser: Any, **given: Any) -> "SamplerConfig":
+        """`from_kwargs(**given)` over the model family's own decoding (`denoiser.sampler_defaults()`, e.g.
+        DiffusionGemma's entropy-bound sampler) when `given` names no sampler; emdm's defaults otherwise."""
+        defaults = denoiser.sampler_defaults() if "sampler" not in given else {}
+        return cls.from_kwargs(**{**defaults, **given})
+
     def replace(self, **kwargs: Any) -> "SamplerConfig":
         """A copy with some shared fields and strategy options changed (strings converted to their types).
 

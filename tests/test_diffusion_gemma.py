@@ -173,3 +173,12 @@ def test_lm_eval_cli_generates_with_the_family_sampler(dg_path, tmp_path):
     lines = [ln for ln in (proc.stderr + proc.stdout).strip().splitlines() if ln.strip()]
     assert proc.returncode != 0
     assert "no tractable likelihood" in lines[-1] and "generation tasks (generate_until) work" in lines[-1]
+
+
+def test_the_sampling_cli_decodes_with_the_family_sampler_unless_told(dg_path, capsys):
+    from emdm_sampling.__main__ import main
+
+    assert main(["--pretrained", dg_path, "--gen-length", "16", "--steps-per-block", "3"]) == 0
+    assert "[entropy_bound] 6 forward passes" in capsys.readouterr().out  # two canvases of 3 passes
+    assert main(["--pretrained", dg_path, "--gen-length", "16", "--steps", "8", "--sampler", "margin"]) == 0
+    assert "[margin] 8 forward passes" in capsys.readouterr().out
