@@ -41,12 +41,14 @@ _Z = torch.linspace(-12.0, 12.0, 4001, dtype=torch.float64)  # quadrature grid o
 
 
 def keep_probability(weight: torch.Tensor | float, k: int) -> torch.Tensor:
-    """P(argmax((1 - w) e_x + w eps) = x) over K = `k` ids, by quadrature (float64, any shape of `weight`)."""
+    """P(argmax((1 - w) e_x + w eps) = x) over K = `k` ids, by quadrature (float64, any shape of `weight`; computed
+    on the CPU, returned on `weight`'s device)."""
     w = torch.as_tensor(weight, dtype=torch.float64)
+    device, w = w.device, w.cpu()
     c = ((1 - w) / w.clamp(min=1e-12)).unsqueeze(-1)
     log_density = -0.5 * _Z ** 2 - 0.5 * math.log(2 * math.pi)
     integrand = torch.exp(log_density + (k - 1) * torch.special.log_ndtr(_Z + c))
-    return torch.trapezoid(integrand, _Z, dim=-1).clamp(0.0, 1.0)
+    return torch.trapezoid(integrand, _Z, dim=-1).clamp(0.0, 1.0).to(device)
 
 
 def alpha_of_keep(keep: torch.Tensor, k: int) -> torch.Tensor:
@@ -94,19 +96,11 @@ class GaussianArgmaxCorruption:
         self._w_grid = torch.logspace(-4, 0, 1024, dtype=torch.float64)
         self._alpha_grid = alpha_of_keep(keep_probability(self._w_grid, self.k), self.k)
 
-    def alpha(self, weight: torch.Tensor) -> torch.Tensor:
-        """[B] alpha of noise weights w (float64)."""
-        return alpha_of_keep(keep_probability(weight.double().cpu(), self.k), self.k).to(weight.device)
-
     def weight_for_alpha(self, alpha: torch.Tensor) -> torch.Tensor:
         """[B] the noise weight w whose alpha is `alpha` (monotone interpolation on the grid)."""
         a = self._alpha_grid.flip(0).numpy()  # ascending
         w = self._w_grid.flip(0).numpy()
         return torch.from_numpy(np.interp(alpha.double().cpu().numpy(), a, w)).to(alpha.device)
-
-    def flip_rate(self, weight: torch.Tensor | float) -> torch.Tensor:
-        """r(w): the probability a token changes."""
-        return 1.0 - keep_probability(weight, self.k)
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, maskable: torch.Tensor, *, noise: Noise | None = None,
@@ -119,10 +113,12 @@ class GaussianArgmaxCorruption:
         if noise is None:
             noise = Noise.draw(*input_ids.shape, generator=generator, device=device)
         t = self.t_min + (self.t_max - self.t_min) * noise.u_t.double()
+        keep = None  # [B] P(x_t = x), the quadrature, computed once where it is needed
         if self.noise_weight_range is not None:
             lo, hi = self.noise_weight_range
             w = lo + (hi - lo) * noise.u_t.double()
-            alpha = self.alpha(w)
+            keep = keep_probability(w, self.k)
+            alpha = alpha_of_keep(keep, self.k)
         else:
             alpha = 1.0 - t
             w = self.weight_for_alpha(alpha)
@@ -132,7 +128,9 @@ class GaussianArgmaxCorruption:
         if soft_temperature > 0:
             noisy, soft = self._gaussian(index, w.float(), soft_temperature, row_seeds)
         else:
-            flip = noise.u_tok < self.flip_rate(w).to(device).unsqueeze(-1)
+            if keep is None:
+                keep = keep_probability(w, self.k)
+            flip = noise.u_tok < (1.0 - keep).unsqueeze(-1)  # r(w): the probability a token changes
             other = (noise.u_aux * (self.k - 1)).long().clamp(max=self.k - 2)
             noisy = torch.where(other >= index, other + 1, other)  # uniform over the K - 1 other ids
             noisy = torch.where(flip, noisy, index)
