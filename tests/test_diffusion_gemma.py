@@ -106,6 +106,19 @@ def test_left_padded_batch_decodes_like_single_rows(dg):
     assert all(len(g) <= 12 for g in batch.generated)
 
 
+def test_rows_that_stop_at_different_passes_decode_like_single_rows(dg):
+    """With the stop rule on (accept all, stop on a stable argmax) rows leave their canvases at different passes, so
+    the encoder caches are split and regrouped between rows; each row still decodes as it does alone."""
+    prompts = [_prompt(dg), _prompt(dg, "the cat"), _prompt(dg, "one two three four five six"), _prompt(dg, "a bird")]
+    kw = dict(sampler="entropy_bound", steps_per_block=12, gen_length=32, temperature=0.05, temperature_end=0.01,
+              entropy_bound=1000.0, stability_threshold=1, confidence_threshold=100.0)
+    for cache in ("auto", "none"):
+        batch = generate(dg, prompts, seeds=[0, 1, 2, 3], cache=cache, **kw)
+        assert len(set(batch.row_nfe)) > 1  # the rows did part ways
+        for i, prompt in enumerate(prompts):
+            assert generate(dg, [prompt], seeds=[i], **kw).sequences[0] == batch.sequences[i], (cache, i)
+
+
 def test_prefix_cache_equals_reencoding_every_pass(dg):
     prompts = [_prompt(dg), _prompt(dg, "the cat")]
     kw = dict(sampler="entropy_bound", steps_per_block=4, gen_length=16, temperature=0.8, temperature_end=0.4,

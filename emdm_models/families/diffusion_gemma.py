@@ -138,8 +138,9 @@ class CanvasForward:
         self.conditioned[rows[moved]] = False
         self.canvas_start[rows] = block_start
         width = self.canvas.tokens.shape[1] - self.canvas.start
+        starts = set(block_start.tolist())
         out = []
-        for start in sorted(set(block_start.tolist())):
+        for start in sorted(starts):
             index = (block_start == start).nonzero().flatten()
             group = rows[index]
             cache, encoded = self._prefix(group, start)
@@ -149,8 +150,7 @@ class CanvasForward:
             else:
                 self.partial_passes += 1
             out.append((index, Logits(logits, start - self.canvas.start, width)))
-        needed = set(block_start.tolist())
-        self.prefixes = {k: v for k, v in self.prefixes.items() if k in needed}
+        self.prefixes = {k: v for k, v in self.prefixes.items() if k in starts}
         return out
 
     # -- the encoder's prefix cache ---------------------------------------------------------------------------
@@ -159,12 +159,12 @@ class CanvasForward:
         held = self.prefixes.get(end) if self.reuse else None
         if held is not None and _contains(held.rows, rows):
             if not torch.equal(held.rows, rows):
-                held = _Prefix(rows, _select(held.cache, _where(held.rows, rows)))
+                held = _Prefix(rows, _select(held, rows))
                 self.prefixes[end] = held
             return held.cache, False
         before = self.prefixes.get(end - self.length) if self.reuse else None
         if before is not None and _contains(before.rows, rows):
-            cache, begin = _select(before.cache, _where(before.rows, rows)), end - self.length
+            cache, begin = _select(before, rows), end - self.length
         else:
             from transformers import DynamicCache
 
@@ -212,14 +212,12 @@ def _contains(held: torch.Tensor, rows: torch.Tensor) -> bool:
     return bool(torch.isin(rows, held).all())
 
 
-def _where(held: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Positions of `rows` within `held`."""
-    return (held.unsqueeze(0) == rows.unsqueeze(1)).long().argmax(1)
-
-
-def _select(cache: Any, index: torch.Tensor) -> Any:
-    """A new cache holding the rows `index` of `cache` (the original is left as it is)."""
-    out = copy.copy(cache)
-    out.layers = [copy.copy(layer) for layer in cache.layers]
-    out.batch_select_indices(index)
+def _select(prefix: _Prefix, rows: torch.Tensor) -> Any:
+    """A new cache of `rows` (all held by `prefix`), leaving `prefix.cache` as it is: the layers are copied
+    shallowly (extending a cache replaces its tensors, it never writes into them), and their tensors are indexed
+    only when the rows differ from the held ones (in lockstep decoding they do not: no copy of the keys/values)."""
+    out = copy.copy(prefix.cache)
+    out.layers = [copy.copy(layer) for layer in prefix.cache.layers]
+    if not torch.equal(prefix.rows, rows):
+        out.batch_select_indices((prefix.rows.unsqueeze(0) == rows.unsqueeze(1)).long().argmax(1))
     return out
