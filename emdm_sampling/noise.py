@@ -1,7 +1,8 @@
 """What a position that is not yet decoded holds: the mask token (masked diffusion) or a random token (uniform-state).
 
-The loop keeps one `CanvasNoise` per `generate` call. It answers which positions are still noisy, draws noise when a
-row enters a block and when a strategy re-noises a position, and records which positions have settled.
+The loop keeps one of these per `generate` call (`canvas_noise`). It answers which positions are still noisy, draws
+noise when a row enters a block and when a strategy re-noises a position, and records which positions have
+settled.
 
 - `MaskNoise`: noisy = holds the mask token; re-noising writes the mask token back. Nothing to track: the tokens
   say it all (this is the loop as it was before uniform-state models, bit for bit).

@@ -53,7 +53,7 @@ class EntropyBound(Strategy):
         if not float(opt["confidence_threshold"]) > 0:
             raise ConfigError(f"confidence_threshold must be > 0 nats (got {opt['confidence_threshold']})")
 
-    def accepted(self, ctx: StepContext, positions: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
+    def accepted(self, positions: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
         """[B, W] the lowest-entropy `positions` whose cumulative entropy minus its maximum stays within the bound."""
         ent = entropy.masked_fill(~positions, float("inf"))
         ordered, index = torch.sort(ent, dim=-1, descending=False)
@@ -63,11 +63,11 @@ class EntropyBound(Strategy):
     def step(self, ctx: StepContext) -> StepResult:
         entropy = ctx.scatter(_categorical_entropy(ctx.flat_logits))
         if not ctx.uniform_noise:
-            accept = self.accepted(ctx, ctx.eligible, entropy)  # the lowest-entropy position is always inside
+            accept = self.accepted(ctx.eligible, entropy)  # the lowest-entropy position is always inside
             last = (ctx.block_step + 1 >= ctx.block_steps).unsqueeze(-1)
             return StepResult(reveal=(accept | last) & ctx.eligible)
         canvas = ctx.eligible  # the block's noisy positions (DiffusionGemma: the whole canvas)
-        accept = self.accepted(ctx, canvas, entropy)
+        accept = self.accepted(canvas, entropy)
         noisy_tokens = torch.where(accept, ctx.x0, ctx.random_tokens(canvas))
         finish = self.stopped(ctx, canvas, entropy) | (ctx.block_step + 1 >= ctx.block_steps)
         return StepResult(reveal=torch.zeros_like(canvas), noisy_tokens=noisy_tokens, finish=finish)
