@@ -274,6 +274,25 @@ def _corpus(p: Preset, corpus_dir: Path) -> dict[str, Any]:
     return json.loads(manifest.read_text()) if manifest.is_file() else {"corpus": p.corpus}
 
 
+def full_blocks(docs: list[Any], tokenizer: Any, length: int, count: int | None, minimum: int,
+                problem: str) -> tuple[torch.Tensor, int, int]:
+    """The full packed blocks of `length` tokens of a split (evenly spaced, at most `count`), with the split's token
+    and character counts; `DataError(problem)` when it has fewer than `minimum` blocks. Both study runners use it."""
+    import datasets
+
+    from emdm_train.corpus import tokenize_text
+
+    ds = datasets.Dataset.from_list([{"text": d.text} for d in docs])
+    data, _ = tokenize_text(ds, tokenizer, "text", length, pack=True, add_eos=True)
+    full = [i for i in range(len(data)) if data.lengths[i] == length]
+    if len(full) < minimum:
+        raise DataError(problem)
+    if count is not None and count < len(full):
+        full = [full[int(i)] for i in np.linspace(0, len(full) - 1, count).round().astype(int)]
+    blocks = torch.from_numpy(np.stack([data.row(i) for i in full]).astype(np.int64))
+    return blocks, int(len(data.tokens)), sum(len(d.text) for d in docs)
+
+
 def prepare_setup(p: Preset, out: Path) -> Setup:
     """Corpus splits, tokenizer, model config, test blocks and surprise buckets (built once per --out)."""
     import datasets
@@ -302,15 +321,9 @@ def prepare_setup(p: Preset, out: Path) -> Setup:
     if not (cfg_dir / "config.json").is_file():
         model_config(p, tokenizer).save_pretrained(cfg_dir)
 
-    test_docs = read_split(corpus_dir, "test")
-    ds = datasets.Dataset.from_list([{"text": d.text} for d in test_docs])
-    data, _ = tokenize_text(ds, tokenizer, "text", p.max_length, pack=True, add_eos=True)
-    full = [i for i in range(len(data)) if data.lengths[i] == p.max_length]
-    if not full:
-        raise DataError(f"the test split has fewer than {p.max_length} tokens; add documents or lower max_length")
-    if p.eval_blocks is not None and p.eval_blocks < len(full):
-        full = [full[int(i)] for i in np.linspace(0, len(full) - 1, p.eval_blocks).round().astype(int)]
-    blocks = torch.from_numpy(np.stack([data.row(i) for i in full]).astype(np.int64))
+    blocks, n_tokens, n_chars = full_blocks(
+        read_split(corpus_dir, "test"), tokenizer, p.max_length, p.eval_blocks, 1,
+        f"the test split has fewer than {p.max_length} tokens; add documents or lower max_length")
 
     specials = special_token_ids(tokenizer)
     eos = tokenizer.eos_token_id
@@ -327,8 +340,6 @@ def prepare_setup(p: Preset, out: Path) -> Setup:
     if eos is not None:
         bucket_of_id[eos] = -1  # EOS is maskable (counted in the NELBO) but has no surprise of its own
 
-    n_chars = sum(len(d.text) for d in test_docs)
-    n_tokens = int(len(data.tokens))
     info = {"corpus": manifest, "tokenizer": {"type": "byte-level BPE", "vocab_size": len(tokenizer),
                                              "special_tokens": ["[PAD]", "[MASK]", "[EOS]"]},
             "test": {"chars": n_chars, "tokens": n_tokens, "tokens_per_char": n_tokens / max(n_chars, 1),

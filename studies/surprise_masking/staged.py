@@ -47,7 +47,7 @@ from emdm_train.errors import DataError, TrainError
 
 from . import metrics as M
 from .corpora import read_split, write_splits, prepare_corpus
-from .experiment import _write_json, mean_ci, setup_progress_log
+from .experiment import _write_json, full_blocks, mean_ci, setup_progress_log
 
 logger = logging.getLogger("studies.surprise_masking.staged")
 STEM = "staged-surprise"
@@ -202,20 +202,9 @@ class Setup:
 
 
 def _blocks(docs: list[Any], tokenizer: Any, length: int, count: int | None) -> tuple[torch.Tensor, int, int]:
-    """Full packed blocks of a split (evenly spaced, at most `count`), its token and character counts."""
-    import datasets
-
-    from emdm_train.corpus import tokenize_text
-
-    ds = datasets.Dataset.from_list([{"text": d.text} for d in docs])
-    data, _ = tokenize_text(ds, tokenizer, "text", length, pack=True, add_eos=True)
-    full = [i for i in range(len(data)) if data.lengths[i] == length]
-    if len(full) < 2:
-        raise DataError(f"a held-out split has fewer than {2 * length} tokens; add documents or lower --max-length")
-    if count is not None and count < len(full):
-        full = [full[int(i)] for i in np.linspace(0, len(full) - 1, count).round().astype(int)]
-    blocks = torch.from_numpy(np.stack([data.row(i) for i in full]).astype(np.int64))
-    return blocks, int(len(data.tokens)), sum(len(d.text) for d in docs)
+    """Full packed blocks of a held-out split (at least two: the paired block-level statistics need them)."""
+    return full_blocks(docs, tokenizer, length, count, 2,
+                       f"a held-out split has fewer than {2 * length} tokens; add documents or lower --max-length")
 
 
 def prepare_setup(cfg: StudyConfig, out: Path) -> Setup:
