@@ -90,18 +90,12 @@ class Task:
     score: Callable[[dict, str], int]  # (item, decoded text) -> 1 if right
 
 
-def _solves(puzzle: str, answer: str) -> int:
-    """A complete valid grid (each unit holds 1..n once) that keeps every clue."""
-    from studies.sudoku.generate import geometry, size_of_cells
+def _solves(puzzle: str, text: str) -> int:
+    """The Sudoku task's own rule (tasks/sudoku/utils.py): the leading digits form a valid grid keeping the clues."""
+    from studies.sudoku.bench import load_task_utils
 
-    n = size_of_cells(len(puzzle))
-    answer = "".join(answer.split())[:len(puzzle)]
-    if len(answer) != len(puzzle) or not set(answer) <= set("123456789"[:n]):
-        return 0
-    if any(p not in ("0", a) for p, a in zip(puzzle, answer)):
-        return 0
-    units = geometry(n).units
-    return int(all(len({answer[int(i)] for i in unit}) == n for unit in units))
+    utils = load_task_utils()
+    return int(utils.is_valid_completion(puzzle, utils.parse_answer(text)))
 
 
 def _sudoku4_data(folder: Path) -> tuple[Path, list[dict]]:

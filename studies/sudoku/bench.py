@@ -16,6 +16,7 @@ Markdown table (and writes it to `--out`).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import math
@@ -35,8 +36,9 @@ from emdm_core.errors import CheckpointError  # noqa: E402
 DEFAULT_DATA = ROOT / "tasks" / "sudoku" / "data" / "test_easy.jsonl"
 
 
+@functools.lru_cache(maxsize=1)
 def load_task_utils():
-    """Import tasks/sudoku/utils.py by path (as lm-eval does): the task's own scoring."""
+    """Import tasks/sudoku/utils.py by path (as lm-eval does): the task's own scoring (imported once)."""
     spec = importlib.util.spec_from_file_location("sudoku_task_utils", ROOT / "tasks" / "sudoku" / "utils.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -20,9 +20,18 @@ from typing import Any
 DATA_DIR = Path(__file__).resolve().parent / "data"
 _LEADING_DIGITS = re.compile(r"[0-9]*")
 _WHITESPACE = re.compile(r"\s+")
-_UNITS = ([[r * 9 + c for c in range(9)] for r in range(9)]
-          + [[r * 9 + c for r in range(9)] for c in range(9)]
-          + [[(b // 3 * 3 + i // 3) * 9 + b % 3 * 3 + i % 3 for i in range(9)] for b in range(9)])
+
+
+def _units(side: int) -> list[list[int]]:
+    """The rows, columns and boxes of a side x side board (boxes of sqrt(side) x sqrt(side)), as cell indices."""
+    box = {4: 2, 9: 3}[side]
+    return ([[r * side + c for c in range(side)] for r in range(side)]
+            + [[r * side + c for r in range(side)] for c in range(side)]
+            + [[(b // box * box + i // box) * side + b % box * box + i % box for i in range(side)]
+               for b in range(side)])
+
+
+_UNITS = {81: _units(9), 16: _units(4)}  # by the number of cells (the 4x4 boards of the studies too)
 
 
 def read_jsonl(name: str) -> list[dict]:
@@ -48,12 +57,14 @@ def parse_answer(text: str) -> str:
 
 
 def is_valid_completion(puzzle: str, grid: str) -> bool:
-    """True when grid is 81 digits 1-9, every unit holds each digit once, and it keeps every clue of puzzle."""
-    if len(grid) != 81 or not set(grid) <= set("123456789"):
+    """True when grid is 81 digits 1-9 (a 4x4 puzzle: 16 digits 1-4), every unit holds each digit once, and it keeps
+    every clue of puzzle."""
+    units = _UNITS.get(len(puzzle))
+    if units is None or len(grid) != len(puzzle) or not set(grid) <= set("123456789"[:len(units[0])]):
         return False
     if any(p != "0" and p != g for p, g in zip(puzzle, grid)):
         return False
-    return all(len({grid[i] for i in unit}) == 9 for unit in _UNITS)
+    return all(len({grid[i] for i in unit}) == len(unit) for unit in units)
 
 
 def cell_accuracy(puzzle: str, solution: str, answer: str) -> float:
