@@ -85,6 +85,15 @@ def test_is_valid_completion_checks_each_unit():
     assert not U.is_valid_completion("0" * 81, bands_mixed)
 
 
+def test_is_valid_completion_takes_4x4_boards():
+    grid = "1234341221434321"
+    assert U.is_valid_completion("1000000000000000", grid)
+    assert not U.is_valid_completion("2000000000000000", grid)  # a clue not kept
+    assert not U.is_valid_completion("0" * 16, "1234341221434312")  # the last two cells swapped: columns break
+    assert not U.is_valid_completion("0" * 16, "1234341221434325")  # a 5 on a 4x4 board
+    assert not U.is_valid_completion("0" * 16, grid + "1")  # 17 digits
+
+
 def test_load_dataset_from_another_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ds = load_utils().load_dataset(data_file="test_hard.jsonl", version=1.0)["test"]
