@@ -34,26 +34,13 @@ PROMPTS = ["the capital of france is", "the cat sleeps on the warm", "one two th
 
 def random_checkpoint(path: Path, args: argparse.Namespace) -> Path:
     """A random DiffusionGemma of the requested shape with the demo tokenizer (vocabulary padded to --vocab)."""
-    from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
-
-    from emdm_models.tiny import train_tokenizer
+    from emdm_models.tiny import diffusion_gemma_model, train_tokenizer
 
     tok = train_tokenizer(with_mask=False)
-    heads = max(2, args.hidden // 128)
-    text = dict(vocab_size=max(args.vocab, len(tok)), hidden_size=args.hidden, intermediate_size=args.hidden * 2,
-                num_hidden_layers=args.layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
-                head_dim=args.hidden // heads, global_head_dim=args.hidden // heads, sliding_window=512,
-                max_position_embeddings=4096,
-                layer_types=["sliding_attention"] * (args.layers - 1) + ["full_attention"],
-                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.cls_token_id,
-                num_experts=args.experts, top_k_experts=min(2, args.experts), moe_intermediate_size=args.hidden // 2)
-    vision = dict(model_type="gemma4_vision", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                  num_attention_heads=2, num_key_value_heads=1, head_dim=8)
-    config = DiffusionGemmaConfig(text_config=text, vision_config=vision, canvas_length=args.canvas,
-                                  boi_token_id=tok.unk_token_id, eoi_token_id=tok.unk_token_id,
-                                  image_token_id=tok.unk_token_id)
     torch.manual_seed(0)
-    DiffusionGemmaForBlockDiffusion(config).save_pretrained(path)
+    diffusion_gemma_model(max(args.vocab, len(tok)), tok, args.hidden, args.layers, 4096,
+                          heads=max(2, args.hidden // 128), experts=args.experts, top_k=min(2, args.experts),
+                          canvas_length=args.canvas, sliding_window=512, initializer_range=None).save_pretrained(path)
     tok.save_pretrained(path)
     return path
 

@@ -86,7 +86,7 @@ def build_tiny_checkpoint(
     elif family == "remote":
         _write_remote_model(path, vocab, tokenizer, num_layers, common)
     elif family == "diffusion_gemma":
-        _diffusion_gemma(vocab, tokenizer, hidden_size, num_layers, max_length).save_pretrained(path)
+        diffusion_gemma_model(vocab, tokenizer, hidden_size, num_layers, max_length).save_pretrained(path)
     else:
         _write_backbone_model(path, family, vocab, tokenizer, hidden_size, num_layers, max_length)
     tokenizer.save_pretrained(path)
@@ -150,22 +150,28 @@ def _write_backbone_model(path: Path, family: str, vocab: int, tokenizer, hidden
     (path / "config.json").write_text(json.dumps(raw, indent=2))
 
 
-def _diffusion_gemma(vocab: int, tokenizer, hidden_size: int, num_layers: int, max_length: int):
-    """A tiny random DiffusionGemmaForBlockDiffusion (sliding and full attention layers, two experts)."""
+def diffusion_gemma_model(vocab: int, tokenizer, hidden_size: int, num_layers: int, max_length: int, *,
+                          heads: int = 2, experts: int = 2, top_k: int = 1, canvas_length: int = 8,
+                          sliding_window: int | None = None, initializer_range: float | None = 0.3):
+    """A random DiffusionGemmaForBlockDiffusion (sliding attention layers then a full one, `experts` experts, a
+    one-layer vision tower; image tokens point at [UNK]): the tiny test checkpoint, and the benchmark's larger one."""
     from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
 
     text = dict(vocab_size=vocab, hidden_size=hidden_size, intermediate_size=hidden_size * 2,
-                num_hidden_layers=num_layers, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                global_head_dim=16, sliding_window=max_length, max_position_embeddings=max_length,
+                num_hidden_layers=num_layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
+                head_dim=hidden_size // heads, global_head_dim=hidden_size // heads,
+                sliding_window=sliding_window or max_length, max_position_embeddings=max_length,
                 layer_types=["sliding_attention"] * (num_layers - 1) + ["full_attention"],
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                bos_token_id=tokenizer.cls_token_id, num_experts=2, top_k_experts=1,
-                moe_intermediate_size=hidden_size // 2, initializer_range=0.3)
+                bos_token_id=tokenizer.cls_token_id, num_experts=experts, top_k_experts=top_k,
+                moe_intermediate_size=hidden_size // 2)
+    if initializer_range is not None:
+        text["initializer_range"] = initializer_range
     vision = dict(model_type="gemma4_vision", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                   num_attention_heads=2, num_key_value_heads=1, head_dim=8)
     special = tokenizer.unk_token_id  # no image tokens in the tests: point them at [UNK]
-    config = DiffusionGemmaConfig(text_config=text, vision_config=vision, canvas_length=8, boi_token_id=special,
-                                  eoi_token_id=special, image_token_id=special)
+    config = DiffusionGemmaConfig(text_config=text, vision_config=vision, canvas_length=canvas_length,
+                                  boi_token_id=special, eoi_token_id=special, image_token_id=special)
     return DiffusionGemmaForBlockDiffusion(config)
 
 
