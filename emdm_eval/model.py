@@ -492,7 +492,7 @@ class EMDMLM(TemplateLM):
         return self._auto_batch
 
     def _detect_batch_size(self, seq_len: int) -> int:
-        if self.device.type != "cuda" or hasattr(self.denoiser, "make_forward"):  # no single-pass probe
+        if self.device.type != "cuda" or self.denoiser.contract.own_forward is not None:  # no single-pass probe
             return min(self.max_batch_size, 8)
         from accelerate.utils import find_executable_batch_size
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from emdm_core.contract import ModelContract
 from emdm_core.errors import CheckpointError
 from emdm_core.registry import Registry
 
@@ -28,11 +29,26 @@ class Denoiser:
     # but the output head) unless the family names its projections
     lora_target_modules: str | tuple[str, ...] = "all-linear"
     # the diffusion's noise: "mask" (masked diffusion) or "uniform" (uniform-state: Duo, DiffusionGemma), whose
-    # noise tokens are drawn from `noise_vocabulary` ([K] ids; None: the whole output vocabulary)
+    # noise tokens are drawn from `noise_vocabulary` ([K] ids; None: the whole output vocabulary); a checkpoint's
+    # noise.json sets them on the loaded model
     noise = "mask"
     noise_vocabulary: torch.Tensor | None = None
-    infills = True  # whether mask tokens inside a prompt are decoded (models without a mask token: no)
-    canvas_length: int | None = None  # models that denoise fixed-size canvases (DiffusionGemma)
+
+    @property
+    def contract(self) -> ModelContract:
+        """What this model declares to the decoding loop (see `emdm_core.contract.ModelContract`); a family with
+        more capabilities (KV caches, block-causal attention, its own forward) extends its parent's."""
+        return ModelContract(family=self.name, noise=self.noise, noise_vocabulary=self.noise_vocabulary,
+                             sampler_defaults=self.sampler_defaults(), eot_token_id=self.eot_token_id)
+
+    @property
+    def eot_token_id(self) -> int | None:
+        """The tokenizer's end-of-turn token (LLaDA's <|eot_id|>), if it has one."""
+        tok = self.tokenizer
+        if tok is None or not hasattr(tok, "convert_tokens_to_ids"):
+            return None
+        tid = tok.convert_tokens_to_ids("<|eot_id|>")
+        return None if tid is None or tid == getattr(tok, "unk_token_id", None) else int(tid)
 
     @property
     def likelihood_problem(self) -> str | None:

@@ -12,13 +12,16 @@ from emdm_models import Denoiser, available_adapters, load_denoiser, register_ad
 
 from .config import SamplerConfig
 from .loop import GenerationOutput, generate
+from .plan import DecodePlan, plan_decoding
+from .record import DecodeRecord, RowStep, StepRecord
+from .session import DecodeSession
 from .schedules import available_schedules, register_schedule
 from .strategies import StepContext, StepResult, Strategy, available_samplers, get_sampler, register_sampler
 from .trace import Trace
 
 __all__ = [
-    "CheckpointError", "ConfigError", "Denoiser", "EMDMError", "GenerationOutput", "InputTooLongError",
-    "SamplerConfig", "StepContext", "StepResult", "Strategy", "Trace", "available_adapters", "available_samplers",
-    "available_schedules", "generate", "get_sampler", "load_denoiser", "register_adapter", "register_sampler",
-    "register_schedule",
+    "CheckpointError", "ConfigError", "DecodePlan", "DecodeRecord", "DecodeSession", "Denoiser", "EMDMError",
+    "GenerationOutput", "InputTooLongError", "RowStep", "SamplerConfig", "StepContext", "StepRecord", "StepResult",
+    "Strategy", "Trace", "available_adapters", "available_samplers", "available_schedules", "generate",
+    "get_sampler", "load_denoiser", "plan_decoding", "register_adapter", "register_sampler", "register_schedule",
 ]

@@ -108,15 +108,24 @@ class SamplerConfig:
         if self.temperature_end is not None and self.temperature <= 0:
             raise ConfigError(f"temperature_end={self.temperature_end} is the end of a schedule that starts at "
                               f"temperature; give temperature > 0 (e.g. temperature=0.8,temperature_end=0.4)")
-        if self.topk_remask != "off":
-            from .strategies import Strategy
+        if self.topk_remask != "off" and self.threshold is not None:
+            raise ConfigError("topk_remask sets how many positions each step keeps; drop threshold (it is for "
+                              "reveal-only decoding)")
+        self._check_honoured(strategy)
 
-            if strategy.step is not Strategy.step or strategy.extra_steps is not Strategy.extra_steps:
-                raise ConfigError(f"topk_remask wraps a strategy's score; sampler {self.sampler!r} has its own update "
-                                  f"rule: use vanilla, top_prob, margin, entropy, low_confidence_remask or surprise")
-            if self.threshold is not None:
-                raise ConfigError("topk_remask sets how many positions each step keeps; drop threshold (it is for "
-                                  "reveal-only decoding)")
+    def _check_honoured(self, strategy: Any) -> None:
+        """A strategy-dependent shared option set away from its default that the strategy does not read is an error
+        naming the strategies that do (instead of a decoding that silently ignores it)."""
+        from .strategies import SAMPLERS, STRATEGY_OPTIONS
+
+        defaults = {f.name: f.default for f in typed.fields(type(self))}
+        for name in STRATEGY_OPTIONS:
+            value = getattr(self, name)
+            if value == defaults[name] or name in strategy.honours:
+                continue
+            readers = [n for n in SAMPLERS.available() if name in SAMPLERS.get(n).honours]
+            raise ConfigError(f"sampler {self.sampler!r} has its own update rule and does not use {name}={value}; "
+                              f"drop {name}, or use a sampler that reads it: {', '.join(readers)}")
 
     @property
     def strategy_class(self) -> Any:
@@ -139,9 +148,9 @@ class SamplerConfig:
 
     @classmethod
     def for_denoiser(cls, denoiser: Any, **given: Any) -> "SamplerConfig":
-        """`from_kwargs(**given)` over the model family's own decoding (`denoiser.sampler_defaults()`, e.g.
+        """`from_kwargs(**given)` over the model family's own decoding (`contract.sampler_defaults`, e.g.
         DiffusionGemma's entropy-bound sampler) when `given` names no sampler; emdm's defaults otherwise."""
-        defaults = denoiser.sampler_defaults() if "sampler" not in given else {}
+        defaults = dict(denoiser.contract.sampler_defaults) if "sampler" not in given else {}
         return cls.from_kwargs(**{**defaults, **given})
 
     def replace(self, **kwargs: Any) -> "SamplerConfig":

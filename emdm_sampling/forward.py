@@ -17,70 +17,20 @@ row decodes the same whatever its batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from emdm_core.errors import ConfigError
+from emdm_core.contract import CACHE_MODES, Logits
 
-CACHE_MODES = ("auto", "none", "prefix", "dual", "exact")
-
-
-@dataclass
-class Logits:
-    """A pass's logits for the decoding window: `values` [b, end - start, V] hold window columns start:end (the
-    columns the pass computed); positions outside it were not computed."""
-
-    values: torch.Tensor
-    start: int  # first window column held
-    width: int  # window width (all columns)
-
-    def at(self, positions: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """[N, V] logits at the True entries of `positions` [b, width] (which must lie in the held columns), written
-        into `out` when given (a reused buffer: on the CPU a fresh [N, V] tensor costs more in page faults than the
-        copy itself)."""
-        held = positions[:, self.start:self.start + self.values.shape[1]]
-        if held.sum() != positions.sum():
-            raise RuntimeError("a strategy asked for logits outside the columns this pass computed")
-        values = self.values
-        b, w, vocab = values.shape
-        if out is None or values.stride(2) != 1 or values.stride(1) != vocab or values.stride(0) % vocab:
-            return values[held] if out is None else out.copy_(values[held])
-        # each position's logits are one contiguous row of the storage (the window is a column slice of the
-        # model's [b, L, V] output): gather those rows straight into `out`
-        row_stride = values.stride(0) // vocab
-        rows = torch.as_strided(values, ((b - 1) * row_stride + w, vocab), (vocab, 1))
-        where = held.nonzero()
-        return torch.index_select(rows, 0, where[:, 0] * row_stride + where[:, 1], out=out)
-
-    def dense(self) -> torch.Tensor:
-        """[b, width, V] with the columns that were not computed set to 0."""
-        if self.start == 0 and self.values.shape[1] == self.width:
-            return self.values
-        out = self.values.new_zeros((self.values.shape[0], self.width, self.values.shape[2]))
-        out[:, self.start:self.start + self.values.shape[1]] = self.values
-        return out
+__all__ = ["CACHE_MODES", "Logits", "ModelForward"]
 
 
 class ModelForward:
     """The forward passes of one `generate` call (see the module docstring)."""
 
-    def __init__(self, denoiser, canvas, mode: str, cfg_scale: float = 0.0):
-        block_causal = getattr(denoiser, "block_size", None) is not None
-        if mode == "auto":
-            mode = "exact" if block_causal else "none"
-        if mode != "none" and not getattr(denoiser, "supports_cache", False):
-            raise ConfigError(f"cache={mode} needs a model family with a KV cache (llada, dream, sdar, a2d); the "
-                              f"{denoiser.name} adapter recomputes every pass: use cache=none")
-        if mode == "exact" and not block_causal:
-            raise ConfigError("cache=exact needs a block-causal model (sdar); for a bidirectional model use "
-                              "cache=prefix or cache=dual (Fast-dLLM's approximate caches) or cache=none")
-        if block_causal and mode in ("prefix", "dual"):
-            mode = "exact"  # with block-causal attention the cache is exact: prefix and dual mean the same
-        if cfg_scale > 0 and mode != "none":
-            raise ConfigError(f"cfg_scale needs cache=none (the unconditional pass has its own keys and values); "
-                              f"got cache={mode}")
+    def __init__(self, denoiser, canvas, mode: str, cfg_scale: float = 0.0, attention_block: int | None = None):
+        """`mode`: the cache mode that runs (`DecodePlan.cache`: checked against the model, `auto` resolved)."""
         self.denoiser, self.canvas, self.mode, self.cfg_scale = denoiser, canvas, mode, cfg_scale
+        self.attention_block = attention_block
         # classifier-free guidance: the unconditional input has every prompt token masked (LLaDA's prompt_index)
         self.prompt = canvas.attention & ~canvas.fill
         batch, length = canvas.tokens.shape
@@ -165,9 +115,12 @@ class ModelForward:
         first = torch.where(remasked, col, torch.full_like(col, self.canvas.tokens.shape[1])).min(1).values
         # the whole attention block of that position changes (positions of a block see each other)
         padding = self.canvas.padding[rows]
-        block = self.denoiser.block_size
+        block = self.attention_block
         block_start = padding + torch.div(first - padding, block, rounding_mode="floor") * block
         self.stored_upto[rows] = torch.minimum(self.stored_upto[rows], block_start)
+
+    def condition(self, rows: torch.Tensor, scored: torch.Tensor, flat_logits: torch.Tensor) -> None:
+        """No self-conditioning: a pass reads only the tokens."""
 
     def _in_window(self, values: torch.Tensor, start: int) -> Logits:
         """Columns start:end of the sequence as columns of the decoding window (dropping the prompt before it)."""

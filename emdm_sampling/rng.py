@@ -7,13 +7,49 @@ needed to give each row its own stream.
 
 from __future__ import annotations
 
+import zlib
+
 import torch
 
+from emdm_core.errors import ConfigError
 from emdm_core.seeds import fold_seed
 
-__all__ = ["CounterRNG", "fold_seed"]
+__all__ = ["CounterRNG", "STREAMS", "fold_seed", "stream_id"]
 
 _M31 = 0x7FFFFFFF
+
+# The one registry of randomness streams: a draw is keyed by (row seed, step, position, stream), so two uses of
+# randomness in one step must ask for different streams. The built-in names keep the ids emdm has always used
+# (every seeded result reproduces); any other name gets a stable id from its CRC-32 (`stream_id`), so a new
+# strategy names its stream and needs no constant anywhere.
+STREAMS: dict[str, int] = {
+    "proposal": 0,  # the loop: proposals sampled at temperature > 0
+    "order": 1,  # vanilla: the random order
+    "surprise": 2,  # surprise: Gumbel top-k over softmax(S / T)
+    "remdm_remask": 3,  # remdm: which revealed tokens are re-masked
+    "remdm_reveal": 4,  # remdm: which masked tokens are revealed
+    "order_noise": 5,  # SamplerConfig.order_noise: Gumbel noise on any ordering score
+    "block_noise": 6,  # uniform-state: the noise a block starts from when a row enters it
+    "renoise": 7,  # uniform-state: tokens drawn when a strategy renoises positions
+    "start_noise": 8,  # uniform-state: the noise every position starts from
+    "duo_ancestral": 9,  # duo: the ancestral posterior draw
+}
+_HASHED_BASE, _HASHED_SPAN = 64, 1 << 12
+_hashed: dict[int, str] = {}
+
+
+def stream_id(name: str | int) -> int:
+    """The stream id of `name`: a built-in one (`STREAMS`), or a stable id in [64, 64 + 4096) from the name's
+    CRC-32 for any other name (the same in every process); two names that hash alike are refused."""
+    if isinstance(name, int):
+        return name
+    if name in STREAMS:
+        return STREAMS[name]
+    sid = _HASHED_BASE + zlib.crc32(name.encode()) % _HASHED_SPAN
+    holder = _hashed.setdefault(sid, name)
+    if holder != name:
+        raise ConfigError(f"randomness stream {name!r} has the same id as {holder!r}; give one of them another name")
+    return sid
 
 
 def _mix(h: torch.Tensor) -> torch.Tensor:
@@ -31,14 +67,15 @@ class CounterRNG:
         # seeds: [B] int64; positions: [B, L] int64, each row's position counted from its own first real token.
         self._base = _mix(_mix(seeds.long().view(-1, 1) & _M31) ^ (positions.long() & _M31))
 
-    def uniform(self, step: int, stream: int) -> torch.Tensor:
-        """Uniform numbers in (0, 1), float64, shaped like `positions`."""
+    def uniform(self, step: int, stream: str | int) -> torch.Tensor:
+        """Uniform numbers in (0, 1), float64, shaped like `positions`, from the named stream (`stream_id`)."""
+        stream = stream_id(stream)
         h = _mix(self._base ^ _mix(torch.tensor((step * 8191 + stream * 131071 + 12345) & _M31,
                                                 device=self._base.device)))
         h = _mix(h ^ 0x5BD1E995)
         return (h.double() + 0.5) / float(_M31 + 1)
 
-    def gumbel(self, step: int, stream: int) -> torch.Tensor:
+    def gumbel(self, step: int, stream: str | int) -> torch.Tensor:
         """Standard Gumbel noise, float64, shaped like `positions`."""
         return -torch.log(-torch.log(self.uniform(step, stream)))
 

@@ -12,7 +12,7 @@ import torch
 
 from emdm_core.errors import CheckpointError, ConfigError
 from emdm_models.denoiser import Denoiser
-from emdm_sampling import generate, load_denoiser
+from emdm_sampling import generate, get_sampler, load_denoiser
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,6 +32,11 @@ def _sampler(name: str) -> dict:
     return {"sampler": sampler, **({"topk_remask": "linear", "order_noise": 0.5} if decoder else {})}
 
 
+def _threshold(name: str, value: float) -> float | None:
+    """`value`, for the strategies that read a threshold (the others refuse one)."""
+    return value if "threshold" in get_sampler(_sampler(name)["sampler"]).honours and "+" not in name else None
+
+
 def _prompts(den):
     return [den.tokenizer(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
 
@@ -39,8 +44,8 @@ def _prompts(den):
 @pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("threshold", [None, 0.5])
 def test_block_causal_cached_decoding_equals_uncached(dens, sampler, threshold):
-    if sampler.endswith("topk_remask") and threshold is not None:
-        pytest.skip("topk_remask sets its own counts (threshold is refused)")
+    if threshold is not None and _threshold(sampler, threshold) is None:
+        pytest.skip(f"{sampler} refuses a threshold (it sets its own counts)")
     den = dens["sdar"]
     assert den.block_size == 4
     kw = dict(**_sampler(sampler), steps=12, gen_length=12, threshold=threshold, stop_at_eos=False, temperature=0.7)
@@ -65,7 +70,7 @@ def test_block_causal_attention_hides_later_blocks(dens):
 def test_cached_decoding_is_batch_invariant(dens, family, cache, sampler):
     den = dens[family]
     kw = dict(**_sampler(sampler), steps=12, gen_length=12, block_length=4, cache=cache, stop_at_eos=False,
-              temperature=0.7, threshold=None if sampler.endswith("topk_remask") else 0.5)
+              temperature=0.7, threshold=_threshold(sampler, 0.5))
     prompts = _prompts(den)
     batch = generate(den, prompts, seeds=[1, 2, 3, 4], **kw)
     assert [generate(den, [p], seeds=[s], **kw).sequences[0] for p, s in zip(prompts, [1, 2, 3, 4])] == \
@@ -122,8 +127,15 @@ def test_cache_none_decodes_exactly_as_before_caches_existed():
         sampler, variant = key.split("/")
         # the output ends at the first EOS (14) whatever the EOS mode (it did only with stop_at_eos before)
         expected = {**expected, "generated": [g[: g.index(14)] if 14 in g else g for g in expected["generated"]]}
-        out = generate(den, prompts, sampler=sampler, seeds=[3, 4, 5, 6], cache="none",
-                       **{"stop_at_eos": False, **variants[variant]})
+        options = {"stop_at_eos": False, **variants[variant]}
+        ignored = [k for k in ("threshold", "schedule") if k in options and k not in get_sampler(sampler).honours]
+        if ignored:  # a setting the strategy never read (the golden output equals its plain decoding): refused
+            with pytest.raises(ConfigError, match=f"does not use {ignored[0]}"):
+                generate(den, prompts, sampler=sampler, seeds=[3, 4, 5, 6], cache="none", **options)
+            if variant == "threshold":  # same steps and length as `plain`: the golden output shows it was ignored
+                assert expected["sequences"] == golden[f"{sampler}/plain"]["sequences"]
+            continue
+        out = generate(den, prompts, sampler=sampler, seeds=[3, 4, 5, 6], cache="none", **options)
         assert {"sequences": out.sequences, "generated": out.generated, "nfe": out.nfe,
                 "row_nfe": out.row_nfe} == expected, key
 

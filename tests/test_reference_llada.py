@@ -28,7 +28,7 @@ def test_loads_on_the_llama_backbone_without_remote_code(llada):
 
     den, _reference, _prompts = llada
     assert type(den) is LLaDADenoiser and isinstance(den.model, DiffusionLlamaForMaskedLM)
-    assert den.mask_token_id == 126336 and den.supports_cache and den.block_size is None
+    assert den.mask_token_id == 126336 and "dual" in den.contract.cache_modes and den.contract.attention_block is None
 
 
 def test_logits_equal_the_reference_including_left_padded_batches(llada):

@@ -191,7 +191,7 @@ def test_each_step_sees_the_tokens_revealed_so_far(fake_denoiser):
 def test_two_level_inverse_cdf_equals_the_full_float64_cdf(vocab):
     """The proposal sampler's chunked CDF picks exactly the token a full float64 running sum picks, never a
     zero-weight token (the mask), and a row's pick does not depend on the other rows."""
-    from emdm_sampling.loop import _inverse_cdf
+    from emdm_sampling.proposals import inverse_cdf as _inverse_cdf
 
     g = torch.Generator().manual_seed(vocab)
     logits = torch.randn(400, vocab, generator=g) * 3

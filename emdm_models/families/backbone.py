@@ -9,11 +9,13 @@ which the sampler's `cache=` modes use.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, ClassVar
 
 import torch
 
+from emdm_core.contract import ModelContract
 from emdm_core.errors import CheckpointError
 
 from ..backbones import BACKBONES, DiffusionCache, diffusion_mask, positions_from_mask
@@ -23,7 +25,6 @@ from ..denoiser import Denoiser
 class BackboneDenoiser(Denoiser):
     """A family on a transformers backbone (see the module docstring)."""
 
-    supports_cache = True
     lora_target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     foreign_model_types: ClassVar[tuple[str, ...]] = ()  # config.json model types this family converts
     key_mapping: ClassVar[dict[str, str] | None] = None  # checkpoint weight names (regex) -> backbone names
@@ -100,6 +101,13 @@ class BackboneDenoiser(Denoiser):
         """The attention block of a block-causal model (its cache is exact), None for a bidirectional one."""
         cfg = self.model.config
         return int(cfg.block_size) if getattr(cfg, "attention", "") == "block_causal" else None
+
+    @property
+    def contract(self) -> ModelContract:
+        """KV caches: Fast-dLLM's approximate prefix / dual caches, or the exact cache of block-causal attention."""
+        block = self.block_size
+        return dataclasses.replace(super().contract, attention_block=block,
+                                   cache_modes=("none", "exact") if block else ("none", "prefix", "dual"))
 
     def new_cache(self, batch: int, length: int) -> DiffusionCache:
         return DiffusionCache(batch, length)

@@ -15,11 +15,13 @@ loss over canvases; the encoder is a context reader, not a language-model head),
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from emdm_core.contract import Logits, ModelContract
 from emdm_core.errors import ConfigError
 
 from ..denoiser import Denoiser, register_adapter
@@ -30,7 +32,6 @@ class DiffusionGemmaDenoiser(Denoiser):
     """DiffusionGemma checkpoints on transformers' own classes, decoded canvas by canvas."""
 
     noise = "uniform"
-    infills = False
     # a class attribute in place of the base class's property
     likelihood_problem = ("DiffusionGemma defines no tractable likelihood of a continuation (a uniform-state "
                           "encoder-decoder trained on a canvas denoising loss); generation tasks (generate_until) "
@@ -74,8 +75,18 @@ class DiffusionGemmaDenoiser(Denoiser):
         return 0 if pad is None else int(pad)
 
     @property
-    def canvas_length(self) -> int:  # type: ignore[override]
+    def canvas_length(self) -> int:
         return int(self.model.config.canvas_length)
+
+    @property
+    def contract(self) -> ModelContract:
+        """Canvases = blocks, its own encoder-decoder passes with self-conditioning; `cache=auto` reuses the
+        encoder's prefix cache (exact), `cache=none` re-encodes; no mask token (no infilling, no guidance)."""
+        return dataclasses.replace(super().contract, canvas_length=self.canvas_length, infills=False,
+                                   guidance=False, self_conditioning=True, cache_modes=("none",),
+                                   cache_note="DiffusionGemma caches its encoder's prefix itself (exact): use "
+                                              "cache=auto, or cache=none to re-encode every pass",
+                                   own_forward=lambda canvas, config: CanvasForward(self, canvas, config))
 
     @property
     def vocab_size(self) -> int:
@@ -83,10 +94,6 @@ class DiffusionGemmaDenoiser(Denoiser):
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         raise ConfigError(f"{self.likelihood_problem}; DiffusionGemma has no single-pass logits over a sequence")
-
-    def make_forward(self, canvas: Any, config: Any) -> "CanvasForward":
-        """The loop's step 4 for this family (see `CanvasForward`)."""
-        return CanvasForward(self, canvas, config)
 
 
 @dataclass
@@ -107,15 +114,7 @@ class CanvasForward:
     loop hands each pass's (tempered) logits back through `condition`; the next pass of the same canvas reads them,
     a canvas's first pass reads none."""
 
-    block_logits = True  # the loop scores the whole canvas: self-conditioning needs every position's logits
-
     def __init__(self, denoiser: DiffusionGemmaDenoiser, canvas: Any, config: Any):
-        if config.cache not in ("auto", "none"):
-            raise ConfigError(f"cache={config.cache}: DiffusionGemma caches its encoder's prefix itself (exact); "
-                              f"use cache=auto, or cache=none to re-encode every pass")
-        if config.cfg_scale > 0:
-            raise ConfigError("cfg_scale: classifier-free guidance is not defined for DiffusionGemma here (it has no "
-                              "mask token to blank the prompt with); use cfg_scale=0")
         self.denoiser, self.canvas, self.model = denoiser, canvas, denoiser.model
         self.reuse = config.cache == "auto"
         self.length = denoiser.canvas_length
@@ -129,9 +128,7 @@ class CanvasForward:
         self.partial_passes = 0  # decoder passes on a cached prefix
 
     def __call__(self, rows: torch.Tensor, block_start: torch.Tensor, block_end: torch.Tensor,
-                 refresh: torch.Tensor) -> list[tuple[torch.Tensor, Any]]:
-        from emdm_sampling.forward import Logits
-
+                 refresh: torch.Tensor) -> list[tuple[torch.Tensor, Logits]]:
         if bool(((block_end - block_start) != self.length).any()):
             raise RuntimeError("DiffusionGemma decodes whole canvases; the loop gave a partial block")
         moved = self.canvas_start[rows] != block_start  # a row's first pass on a canvas: no self-conditioning yet

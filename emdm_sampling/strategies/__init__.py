@@ -19,7 +19,10 @@ from emdm_core.registry import Registry
 
 from ..rng import CounterRNG
 
-_STREAM_ORDER_NOISE = 5  # rng stream of the ordering noise (0-4: proposals, orders, surprise, remdm)
+# The shared options a strategy may or may not read (`Strategy.honours`): the reveal count and its ordering are
+# read by `StepContext.select`, topk_remask wraps a strategy's `score`. Every other shared option is the loop's.
+ORDERING_OPTIONS = ("threshold", "schedule", "order_noise", "order_noise_decay")
+STRATEGY_OPTIONS = (*ORDERING_OPTIONS, "topk_remask")
 
 
 def block_decay(kind: str, block_step: torch.Tensor, block_steps: torch.Tensor) -> torch.Tensor:
@@ -88,7 +91,7 @@ class StepContext:
         """`scores` + this step's ordering noise (c * Gumbel, float64), or `scores` unchanged without noise."""
         if self.order_noise <= 0:
             return scores
-        return scores.double() + self.noise_scale() * self.gumbel(_STREAM_ORDER_NOISE)
+        return scores.double() + self.noise_scale() * self.gumbel("order_noise")
 
     @cached_property
     def logits(self) -> torch.Tensor:
@@ -167,11 +170,12 @@ class StepContext:
         first = (rank == 0) & self.eligible
         return ((self.p_x0 >= self.threshold) & self.eligible) | first
 
-    def uniform(self, stream: int) -> torch.Tensor:
-        """Per-row counter-based uniforms for this step, [B, W]."""
+    def uniform(self, stream: str | int) -> torch.Tensor:
+        """Per-row counter-based uniforms for this step, [B, W], from the named stream (`emdm_sampling.rng.STREAMS`;
+        a new name gets its own stream)."""
         return self.rng.uniform(self.step, stream).to(self.x.device)
 
-    def gumbel(self, stream: int) -> torch.Tensor:
+    def gumbel(self, stream: str | int) -> torch.Tensor:
         """Per-row counter-based Gumbel noise for this step, [B, W]."""
         return self.rng.gumbel(self.step, stream).to(self.x.device)
 
@@ -201,7 +205,15 @@ class Strategy:
     name: ClassVar[str] = ""
     options: ClassVar[dict[str, Any]] = {}
     remasks: ClassVar[bool] = False  # whether revealed tokens can change again
-    noises: ClassVar[tuple[str, ...]] = ("mask", "uniform")  # the canvases it decodes (Denoiser.noise)
+    noises: ClassVar[tuple[str, ...]] = ("mask", "uniform")  # the canvases it decodes (ModelContract.noise)
+    # the strategy-dependent shared options it reads (of STRATEGY_OPTIONS): a scorer decoded by `select` reads them
+    # all; a subclass that overrides `step` reads none unless it says so (a setting it ignores is then refused)
+    honours: ClassVar[tuple[str, ...]] = STRATEGY_OPTIONS
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "step" in cls.__dict__ and "honours" not in cls.__dict__:
+            cls.honours = ()
 
     def __init__(self, options: dict[str, Any] | None = None):
         self.opt = {**self.options, **(options or {})}
@@ -245,7 +257,7 @@ def available_samplers(denoiser: Any = None) -> list[str]:
     names = SAMPLERS.available()
     if denoiser is None:
         return names
-    noise = getattr(denoiser, "noise", "mask")
+    noise = denoiser.contract.noise
     return [n for n in names if noise in SAMPLERS.get(n).noises]
 
 

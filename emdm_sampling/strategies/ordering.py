@@ -9,9 +9,6 @@ import torch
 from emdm_core.errors import ConfigError
 from . import StepContext, Strategy, register_sampler
 
-_STREAM_ORDER = 1  # rng stream for random orders (stream 0 samples proposals)
-_STREAM_SURPRISE = 2
-
 
 @register_sampler("vanilla")
 class Vanilla(Strategy):
@@ -19,7 +16,7 @@ class Vanilla(Strategy):
     "vanilla"). Each step reveals a uniformly random subset of the eligible masked positions."""
 
     def score(self, ctx: StepContext) -> torch.Tensor:
-        return ctx.uniform(_STREAM_ORDER).float()
+        return ctx.uniform("order").float()
 
 
 @register_sampler("top_prob")
@@ -96,4 +93,4 @@ class Surprise(Strategy):
         s = ctx.surprise.to(ctx.x.device)[ctx.x0].double()
         if self.opt["surprise_direction"] == "low_first":
             s = -s
-        return s / float(self.opt["surprise_temperature"]) + ctx.gumbel(_STREAM_SURPRISE)
+        return s / float(self.opt["surprise_temperature"]) + ctx.gumbel("surprise")

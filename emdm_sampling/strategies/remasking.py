@@ -7,10 +7,7 @@ from typing import Any
 import torch
 
 from emdm_core.errors import ConfigError
-from . import StepContext, StepResult, Strategy, block_decay, register_sampler
-
-_STREAM_REMASK = 3
-_STREAM_UNMASK = 4
+from . import ORDERING_OPTIONS, StepContext, StepResult, Strategy, block_decay, register_sampler
 
 
 @register_sampler("remdm")
@@ -29,6 +26,7 @@ class ReMDM(Strategy):
 
     options = {"remdm_schedule": "cap", "eta": 0.04}
     remasks = True
+    honours = ()  # its own reveal rate: no threshold, schedule or ordering noise
 
     @classmethod
     def check_options(cls, opt: dict[str, Any]) -> None:
@@ -55,11 +53,11 @@ class ReMDM(Strategy):
             weights = torch.nan_to_num(weights) * revealed.sum(-1, keepdim=True)
             sigma = (eta * sigma_max * weights).clamp(max=1.0)
         sigma = sigma.masked_fill(~revealed, 0.0)
-        remask = revealed & (ctx.uniform(_STREAM_REMASK) < sigma)
+        remask = revealed & (ctx.uniform("remdm_remask") < sigma)
         n_rev = revealed.sum(-1, keepdim=True).clamp_min(1)
         sigma_bar = sigma.sum(-1, keepdim=True) / n_rev
         p_unmask = ((alpha_s - alpha_t + sigma_bar * alpha_t) / (1 - alpha_t).clamp_min(1e-12)).clamp(0.0, 1.0)
-        reveal = ctx.eligible & (ctx.uniform(_STREAM_UNMASK) < p_unmask)
+        reveal = ctx.eligible & (ctx.uniform("remdm_reveal") < p_unmask)
         return StepResult(reveal=reveal, remask=remask)
 
 
@@ -76,6 +74,7 @@ class EAGS(Strategy):
 
     options = {"gibbs_steps": 2, "gibbs_fraction": 0.1}
     remasks = True
+    honours = ORDERING_OPTIONS  # decoding goes through `select`; its own step, so no topk_remask
 
     @classmethod
     def check_options(cls, opt: dict[str, Any]) -> None:

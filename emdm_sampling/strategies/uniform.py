@@ -14,9 +14,8 @@ import torch
 
 from emdm_core.errors import ConfigError
 
+from ..proposals import inverse_cdf  # the loop's exact float64 inverse CDF
 from . import StepContext, StepResult, Strategy, register_sampler
-
-_STREAM_ANCESTRAL = 9
 
 
 def _categorical_entropy(flat_logits: torch.Tensor) -> torch.Tensor:
@@ -43,6 +42,7 @@ class EntropyBound(Strategy):
     """
 
     options = {"entropy_bound": 0.1, "stability_threshold": 1, "confidence_threshold": 0.005}
+    honours = ()  # its own accept rule: no threshold, schedule or ordering noise
 
     @classmethod
     def check_options(cls, opt: dict[str, Any]) -> None:
@@ -105,13 +105,12 @@ class DuoAncestral(Strategy):
     the self-correction uniform-state models offer."""
 
     noises = ("uniform",)
+    honours = ()  # every position revised every step: no threshold, schedule or ordering noise
 
     def score_positions(self, masked, eligible, block, state, rows):
         return block
 
     def step(self, ctx: StepContext) -> StepResult:
-        from ..loop import _inverse_cdf  # the loop's exact float64 inverse CDF
-
         j = ctx.block_step.double()
         s = ctx.block_steps.double()
         alpha_t, alpha_s = j / s, ((j + 1) / s).clamp(max=1.0)
@@ -129,7 +128,7 @@ class DuoAncestral(Strategy):
         current = ctx.x[ctx.scored]
         weights = (1 - a_ts) * uniform[current].unsqueeze(-1) * prior
         weights.scatter_add_(-1, current.unsqueeze(-1), a_ts * prior.gather(-1, current.unsqueeze(-1)))
-        drawn = _inverse_cdf(weights.float(), ctx.uniform(_STREAM_ANCESTRAL)[ctx.scored])
+        drawn = inverse_cdf(weights.float(), ctx.uniform("duo_ancestral")[ctx.scored])
         sample = ctx.x.clone()
         sample[ctx.scored] = drawn
         finish = ctx.block_step + 1 >= ctx.block_steps
