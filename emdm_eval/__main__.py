@@ -56,7 +56,7 @@ def check_model_args(argv: Sequence[str]) -> None:
 
     from .model import parse_model_args
 
-    args, _config = parse_model_args(simple_parse_args_string(_flag(argv, "--model_args") or ""))
+    args, _sampler_kwargs = parse_model_args(simple_parse_args_string(_flag(argv, "--model_args") or ""))
     read_config(str(args.pretrained), args.trust_remote_code or "--trust_remote_code" in argv)
 
 

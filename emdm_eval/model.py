@@ -35,7 +35,7 @@ from emdm_core.seeds import stable_seed
 from emdm_core.typed import at_least, option
 from emdm_core.prompts import encode_prompts, read_chat_template, training_prompts
 from emdm_models.loading import load_denoiser, resolve_embedded
-from emdm_sampling import SamplerConfig, generate
+from emdm_sampling import DecodePlan, SamplerConfig, generate, plan_decoding
 
 from .likelihood import elbo_loglikelihood
 from .registration import register as _register
@@ -100,10 +100,22 @@ class EMDMArgs:
 MODEL_ARGS: tuple[str, ...] = tuple(EMDMArgs.field_names())
 
 
-def parse_model_args(kwargs: Mapping[str, Any], config_class: type = SamplerConfig) -> tuple[EMDMArgs, SamplerConfig]:
-    """Split `--model_args` into the model arguments and the sampler config, typed and checked; unknown keys are
-    one error that lists the valid ones. Used by `EMDMLM` and, before lm-eval indexes its tasks, by `emdm-eval`."""
-    kwargs = dict(kwargs)
+def parse_model_args(kwargs: Mapping[str, Any],
+                     config_class: type = SamplerConfig) -> tuple[EMDMArgs, dict[str, Any]]:
+    """Split `--model_args` into the model arguments and the sampler arguments, typed and checked (the sampler's
+    by building its config); unknown keys are one error that lists the valid ones. `emdm-eval` calls it before
+    lm-eval indexes its tasks and `EMDMLM` when lm-eval builds the model: the second call reuses the first parse."""
+    items = tuple(sorted(kwargs.items(), key=lambda kv: kv[0]))
+    try:
+        hash(items)
+    except TypeError:  # values lm-eval never produces (lists, dicts): parse without the memo
+        return _parse_model_args.__wrapped__(items, config_class)
+    return _parse_model_args(items, config_class)
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_model_args(items: tuple[tuple[str, Any], ...], config_class: type) -> tuple[EMDMArgs, dict[str, Any]]:
+    kwargs = dict(items)
     model_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in MODEL_ARGS}
     sampler = str(kwargs.get("sampler", config_class().sampler))
     from emdm_sampling.strategies import get_sampler
@@ -119,7 +131,9 @@ def parse_model_args(kwargs: Mapping[str, Any], config_class: type = SamplerConf
     args = typed.build(EMDMArgs, model_kw, origin="--model_args")
     if args.pretrained in (None, ""):
         raise ConfigError("emdm needs a checkpoint: pass --model_args pretrained=<checkpoint directory or Hub id>")
-    return args, config_class.from_kwargs(**kwargs)
+    config = config_class.from_kwargs(**kwargs)  # the sampler arguments typed and checked, once
+    typed_kwargs = {k: (config.options[k] if k in config.options else getattr(config, k)) for k in kwargs}
+    return args, typed_kwargs
 
 
 @functools.lru_cache(maxsize=1)
@@ -144,11 +158,11 @@ def _launched_world_size() -> int:
 
 @dataclass
 class _Request:
-    """One generate_until request, prepared: its index, prompt ids, decoding config and stop strings."""
+    """One generate_until request, prepared: its index, prompt ids, checked decoding plan and stop strings."""
 
     index: int
     prompt: list[int]
-    config: SamplerConfig
+    plan: DecodePlan
     until: list[str]
 
 
@@ -165,7 +179,7 @@ class EMDMLM(TemplateLM):
             raise SystemExit(relaunch_on_cpu(nprocs))
         # lm-eval seeds torch (--seed, default 1234) right before it builds the model: that is our base seed.
         lm_eval_seed = torch.initial_seed()
-        self.args, self.sampler_config = parse_model_args(kwargs, self.config_class)
+        self.args, sampler_kwargs = parse_model_args(kwargs, self.config_class)
         args = self.args
         self.mc_num, self.mc_batch_size, self.greedy, self.truncation = (args.mc_num, args.mc_batch_size,
                                                                           args.greedy, args.truncation)
@@ -207,9 +221,9 @@ class EMDMLM(TemplateLM):
             max_length=args.max_length, peft=self.peft)
         self._device = self.denoiser.device
         self.tokenizer = self.denoiser.tokenizer
-        # the family's own decoding (DiffusionGemma's) unless the user chose a sampler
-        self.sampler_config = self.config_class.for_denoiser(
-            self.denoiser, **{k: v for k, v in kwargs.items() if k not in MODEL_ARGS})
+        # the family's own decoding (DiffusionGemma's) unless the user chose a sampler, checked against the model
+        # once, before any request
+        self._set_sampler(self.config_class.for_denoiser(self.denoiser, **sampler_kwargs))
         if args.chat_template:
             self.tokenizer.chat_template = read_chat_template(str(args.chat_template))
         self._bos = self._find_bos()
@@ -239,8 +253,15 @@ class EMDMLM(TemplateLM):
         unknown = [k for k in kwargs if k in self.config_class.PER_REQUEST]
         if unknown:
             raise ConfigError(f"{', '.join(unknown)} are model arguments, set when the model is built")
-        self.sampler_config = self.config_class.from_kwargs(**kwargs)
+        self._set_sampler(self.config_class.from_kwargs(**kwargs))
         self._stats = defaultdict(Counter)
+
+    def _set_sampler(self, config: SamplerConfig) -> None:
+        """The model's decoding: `config` checked against the model's contract (one `DecodePlan`); requests whose
+        generation arguments change something get their own plan, built once per distinct setting."""
+        self.sampler_config = config
+        self.plan = plan_decoding(config, self.denoiser.contract)
+        self._request_plans: dict[str, tuple[DecodePlan, list[str]]] = {}
 
     def _find_bos(self) -> int | None:
         tok = self.tokenizer
@@ -428,6 +449,16 @@ class EMDMLM(TemplateLM):
         return out
 
     # --- generation --------------------------------------------------------------------------------------------
+    def _request_plan(self, gen_kwargs: dict) -> tuple[DecodePlan, list[str]]:
+        """One request's checked decoding plan and its stop strings, built and checked once per distinct
+        `gen_kwargs` (a task sends the same ones with every request)."""
+        key = json.dumps(gen_kwargs or {}, sort_keys=True, default=str)
+        if key not in self._request_plans:
+            config, until = self._request_config(gen_kwargs)
+            self._request_plans[key] = (plan_decoding(config, self.denoiser.contract), until)
+        plan, until = self._request_plans[key]
+        return plan, list(until)
+
     def _request_config(self, gen_kwargs: dict) -> tuple[SamplerConfig, list[str]]:
         """One request's decoding config (its own gen_kwargs over the model's) and its stop strings."""
         gen_kwargs = dict(gen_kwargs or {})
@@ -527,20 +558,20 @@ class EMDMLM(TemplateLM):
         prepared = []
         for i, req in enumerate(requests):
             context, gen_kwargs = req.args
-            config, until = self._request_config(gen_kwargs)
-            prompt = self._fit_prompt(self.encode_prompt(context), config.gen_length)
-            prepared.append(_Request(i, prompt, config, until))
+            plan, until = self._request_plan(gen_kwargs)
+            prompt = self._fit_prompt(self.encode_prompt(context), plan.config.gen_length)
+            prepared.append(_Request(i, prompt, plan, until))
         # requests that decode alike are batched together, longest prompts first (lm-eval's own Collator)
         batches = Collator(prepared, sort_fn=lambda r: (-len(r.prompt), r.index),
-                           group_fn=lambda r: {"config": r.config.key()}, group_by="gen_kwargs")
+                           group_fn=lambda r: {"config": r.plan.config.key()}, group_by="gen_kwargs")
 
         # batch_size=auto is settled once, on every process (a collective under accelerate), for the longest row
-        bs = self._resolve_batch_size(max(len(r.prompt) + r.config.gen_length for r in prepared))
+        bs = self._resolve_batch_size(max(len(r.prompt) + r.plan.config.gen_length for r in prepared))
         results: list[str | None] = [None] * len(requests)
         pbar = tqdm(total=len(requests), desc="emdm generate_until", disable=disable_tqdm or self.rank != 0)
         start, passes0 = time.perf_counter(), self.denoiser.forward_calls
         for chunk in batches.get_batched(n=bs):
-            out = generate(self.denoiser, [r.prompt for r in chunk], chunk[0].config,
+            out = generate(self.denoiser, [r.prompt for r in chunk], chunk[0].plan,
                            seeds=[seeds[r.index] for r in chunk])
             stats["row_forward_passes"] += sum(out.row_nfe)  # passes each request took part in
             for req, gen in zip(chunk, out.generated):

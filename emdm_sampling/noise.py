@@ -24,6 +24,7 @@ import torch
 
 from emdm_core.contract import ModelContract
 from emdm_core.errors import ConfigError
+from emdm_models.denoiser import Denoiser
 
 from .proposals import per_position
 from .rng import CounterRNG, TorchRowGenerators
@@ -151,10 +152,11 @@ class UniformNoise:
         return torch.where(positions, self.random_tokens(rows, positions, step), tokens)
 
 
-def canvas_noise(contract: ModelContract, mask_token_id: int, vocab_size: int, fill: torch.Tensor,
-                 rng: CounterRNG, torch_rng: TorchRowGenerators | None) -> MaskNoise | UniformNoise:
+def canvas_noise(contract: ModelContract, denoiser: Denoiser, fill: torch.Tensor, rng: CounterRNG,
+                 torch_rng: TorchRowGenerators | None) -> MaskNoise | UniformNoise:
     """The noise of the model's diffusion (`contract.noise`: "mask" or "uniform")."""
     if contract.noise == "uniform":
+        vocab_size = denoiser.vocab_size
         vocabulary = contract.noise_vocabulary
         if vocabulary is None:
             vocabulary = torch.arange(vocab_size)
@@ -164,4 +166,4 @@ def canvas_noise(contract: ModelContract, mask_token_id: int, vocab_size: int, f
         if not bool(states.all()):
             noise.outside = (~states).nonzero().flatten()
         return noise
-    return MaskNoise(mask_token_id)
+    return MaskNoise(denoiser.mask_token_id)

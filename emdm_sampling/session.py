@@ -89,7 +89,7 @@ class DecodeSession:
         row_seeds = list(seeds) if seeds is not None else [config.seed] * self.batch
         self.rng = CounterRNG(torch.tensor([fold_seed(s) for s in row_seeds], device=self.tokens.device), positions)
         self.torch_rng = TorchRowGenerators(row_seeds, self.tokens.device) if config.rng == "torch" else None
-        self.noise = canvas_noise(contract, den.mask_token_id, den.vocab_size, self.fill, self.rng, self.torch_rng)
+        self.noise = canvas_noise(contract, den, self.fill, self.rng, self.torch_rng)
         self.noise.start(self.tokens, self.fill)
         self.surprise = _surprise_for(den)
         self.confidence = torch.zeros(self.tokens.shape, dtype=torch.float32, device=self.tokens.device)
