@@ -10,18 +10,60 @@ from emdm_core.errors import ConfigError
 from . import ORDERING_OPTIONS, StepContext, StepResult, Strategy, block_decay, register_sampler
 
 
+def remdm_rates(schedule: str, eta: float, block_step: torch.Tensor, block_steps: torch.Tensor,
+                revealed: torch.Tensor, confidence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ReMDM's per-token probabilities at step j of S (alpha_t = j / S, alpha_s = (j + 1) / S), float64:
+    ([B, W] re-mask probability of each revealed token, [B, W or 1] reveal probability of a masked token).
+
+    As MDLM-ReMDM's `_ddpm_caching_update` computes them: sigma_max = min(1, (1 - alpha_s) / alpha_t) (1 at
+    alpha_t = 0); `cap` sigma = min(eta, sigma_max) (eta at alpha_t = 0), `rescale` sigma = eta * sigma_max, `conf`
+    sigma_i = softmax(-confidence)_i * sigma_max over the revealed tokens (no eta); a masked token is revealed with
+    probability (alpha_s - (1 - sigma) alpha_t) / (1 - alpha_t), sigma being its own (the scalar for cap / rescale,
+    0 for conf). `conf_eta` is emdm's variant: eta * sigma_max spread over the revealed tokens by
+    n_revealed * softmax(-confidence), the reveal rate raised by their mean sigma so the masked fraction stays on
+    schedule."""
+    j = block_step.double().unsqueeze(-1)
+    s = block_steps.double().unsqueeze(-1)
+    alpha_t, alpha_s = j / s, ((j + 1) / s).clamp(max=1.0)
+    positive = alpha_t > 0
+    ratio = (1 - alpha_s) / alpha_t.clamp_min(1e-12)
+    sigma_max = torch.where(positive, ratio.clamp(max=1.0), torch.ones_like(alpha_t))
+    scores = (-confidence.double()).masked_fill(~revealed, float("-inf"))
+    softmax = torch.nan_to_num(torch.softmax(scores, dim=-1))
+    if schedule == "cap":
+        sigma = torch.where(positive, torch.minimum(torch.full_like(ratio, eta), ratio), torch.full_like(ratio, eta))
+    elif schedule == "rescale":
+        sigma = eta * sigma_max
+    elif schedule == "conf":
+        sigma = softmax * sigma_max
+    else:  # conf_eta
+        sigma_max = torch.where(positive, sigma_max, torch.zeros_like(sigma_max))
+        sigma = (eta * sigma_max * softmax * revealed.sum(-1, keepdim=True)).clamp(max=1.0)
+    remask = sigma.expand_as(confidence).masked_fill(~revealed, 0.0)
+    if schedule == "conf":
+        masked_sigma = torch.zeros_like(alpha_t)
+    elif schedule == "conf_eta":
+        masked_sigma = remask.sum(-1, keepdim=True) / revealed.sum(-1, keepdim=True).clamp_min(1)
+    else:
+        masked_sigma = sigma
+    reveal = (alpha_s - alpha_t + masked_sigma * alpha_t) / (1 - alpha_t).clamp_min(1e-12)
+    return remask, reveal.clamp(0.0, 1.0)
+
+
 @register_sampler("remdm")
 class ReMDM(Strategy):
     """ReMDM remasking (Wang et al. 2025, "Remasking Discrete Diffusion Models with Inference-Time Scaling",
     arXiv 2503.00307). Within each block, time runs t = 1 - j/S over its S steps (alpha_t = 1 - t). At each step a
-    revealed (generated) token of the block is re-masked with probability sigma_t and a masked token is revealed
-    with probability (alpha_s - (1 - sigma_t) alpha_t) / (1 - alpha_t), so the expected masked fraction still
-    follows the schedule. sigma_max = min(1, (1 - alpha_s) / alpha_t).
+    revealed (generated) token of the block is re-masked with probability sigma and a masked token is revealed
+    with probability (alpha_s - (1 - sigma) alpha_t) / (1 - alpha_t), as MDLM-ReMDM's sampler computes them
+    (`remdm_rates`: equal to its `_ddpm_caching_update` to 1e-15, tested against it).
 
-    remdm_schedule: `cap` sigma = min(eta, sigma_max); `rescale` sigma = eta * sigma_max; `conf` spreads
-    eta * sigma_max over the revealed tokens by softmax(-confidence), the least confident (lowest p when revealed)
-    being re-masked most. Re-masking is confined to the row's current block (semi-autoregressive semantics), and
-    the last step of a block reveals everything left. Proposals use `temperature` (ReMDM samples: use > 0).
+    remdm_schedule: `cap` sigma = min(eta, sigma_max); `rescale` sigma = eta * sigma_max; `conf` (the reference's)
+    sigma_i = sigma_max softmax(-confidence)_i over the revealed tokens, the least confident (lowest p when revealed)
+    re-masked most, masked tokens revealed at the plain MDLM rate (no eta); `conf_eta` (emdm's variant) scales
+    that spread by eta and the number of revealed tokens and raises the reveal rate to keep the masked fraction on
+    schedule. Re-masking is confined to the row's current block (semi-autoregressive semantics), and the last step
+    of a block reveals everything left. Proposals use `temperature` (ReMDM samples: use > 0).
     """
 
     options = {"remdm_schedule": "cap", "eta": 0.04}
@@ -30,34 +72,21 @@ class ReMDM(Strategy):
 
     @classmethod
     def check_options(cls, opt: dict[str, Any]) -> None:
-        if opt["remdm_schedule"] not in ("cap", "rescale", "conf"):
-            raise ConfigError(f"remdm_schedule must be cap, rescale or conf (got {opt['remdm_schedule']!r})")
+        if opt["remdm_schedule"] not in ("cap", "rescale", "conf", "conf_eta"):
+            raise ConfigError(f"remdm_schedule must be cap, rescale, conf or conf_eta (got "
+                              f"{opt['remdm_schedule']!r})")
         if not 0.0 <= float(opt["eta"]) <= 1.0:
             raise ConfigError(f"eta must be in [0, 1] (got {opt['eta']})")
+        if opt["remdm_schedule"] == "conf" and float(opt["eta"]) != cls.options["eta"]:
+            raise ConfigError(f"remdm_schedule=conf (the reference's) uses no eta (got eta={opt['eta']}); drop eta, "
+                              f"or use remdm_schedule=conf_eta (emdm's variant, scaled by eta)")
 
     def step(self, ctx: StepContext) -> StepResult:
-        j = ctx.block_step.double().unsqueeze(-1)
-        s = ctx.block_steps.double().unsqueeze(-1)
-        alpha_t, alpha_s = j / s, ((j + 1) / s).clamp(max=1.0)
-        sigma_max = torch.where(alpha_t > 0, ((1 - alpha_s) / alpha_t.clamp_min(1e-12)).clamp(max=1.0),
-                                torch.zeros_like(alpha_t))
-        eta = float(self.opt["eta"])
         revealed = ctx.block & ctx.fillable & ~ctx.masked
-        sched = self.opt["remdm_schedule"]
-        if sched == "cap":
-            sigma = torch.minimum(torch.full_like(sigma_max, eta), sigma_max).expand_as(ctx.p_x0)
-        elif sched == "rescale":
-            sigma = (eta * sigma_max).expand_as(ctx.p_x0)
-        else:
-            weights = torch.softmax((-ctx.confidence.double()).masked_fill(~revealed, float("-inf")), dim=-1)
-            weights = torch.nan_to_num(weights) * revealed.sum(-1, keepdim=True)
-            sigma = (eta * sigma_max * weights).clamp(max=1.0)
-        sigma = sigma.masked_fill(~revealed, 0.0)
-        remask = revealed & (ctx.uniform("remdm_remask") < sigma)
-        n_rev = revealed.sum(-1, keepdim=True).clamp_min(1)
-        sigma_bar = sigma.sum(-1, keepdim=True) / n_rev
-        p_unmask = ((alpha_s - alpha_t + sigma_bar * alpha_t) / (1 - alpha_t).clamp_min(1e-12)).clamp(0.0, 1.0)
-        reveal = ctx.eligible & (ctx.uniform("remdm_reveal") < p_unmask)
+        p_remask, p_reveal = remdm_rates(self.opt["remdm_schedule"], float(self.opt["eta"]), ctx.block_step,
+                                         ctx.block_steps, revealed, ctx.confidence)
+        remask = revealed & (ctx.uniform("remdm_remask") < p_remask)
+        reveal = ctx.eligible & (ctx.uniform("remdm_reveal") < p_reveal)
         return StepResult(reveal=reveal, remask=remask)
 
 
