@@ -238,10 +238,19 @@ class EMDMLM(TemplateLM):
         self._stats: dict[str, Counter] = defaultdict(Counter)
         self._warned: set[str] = set()
         if self.rank == 0:
-            eval_logger.info(
-                f"emdm: {type(self.denoiser).__name__} {self.pretrained} on {self.device} "
-                f"(max_length {self.max_length}, mask id {self.denoiser.mask_token_id}); sampler "
-                f"{self.sampler_config.to_dict()}; seed {self.seed}; processes {self.world_size}")
+            eval_logger.info(f"emdm: {self._describe()}; seed {self.seed}; processes {self.world_size}")
+
+    def _describe(self) -> str:
+        """The start-up line: the model as its contract declares it (a uniform-state model has no mask id to
+        show), and the sampler settings that hold for every request (the generation length is each request's)."""
+        contract = self.denoiser.contract
+        mask = f", mask id {self.denoiser.mask_token_id}" if contract.noise == "mask" else ""
+        per_request = self.config_class.PER_REQUEST
+        settings = {k: v for k, v in self.sampler_config.to_dict().items() if k not in per_request}
+        length = f"gen_length {self.gen_length} (forced)" if self.gen_length is not None else \
+            "gen_length per request (max_gen_toks)"
+        return (f"{type(self.denoiser).__name__} {self.pretrained} on {self.device}: {contract.describe()}, "
+                f"max_length {self.max_length}{mask}; sampler {settings}; {length}")
 
     # --- construction helpers --------------------------------------------------------------------------------
     def configure_sampler(self, **kwargs: Any) -> None:

@@ -240,3 +240,14 @@ def test_every_family_declares_its_contract(tiny_checkpoints, tmp_path):
         assert contract.noise == ("uniform" if family == "diffusion_gemma" else "mask")
         assert set(available_samplers(den)) == {n for n in SAMPLERS.available()
                                                 if contract.noise in SAMPLERS.get(n).noises}
+
+
+def test_lm_eval_start_up_line_says_what_the_model_is(tiny_checkpoints):
+    from emdm_eval.model import EMDMLM
+
+    lm = EMDMLM(pretrained=tiny_checkpoints["llada"], sampler="margin")
+    line = lm._describe()
+    assert "masked-diffusion" in line and "mask id" in line and "prefix/dual" in line
+    assert "'gen_length'" not in line and "per request" in line  # each request sets its own length
+    lm.denoiser.noise = "uniform"  # as a Duo checkpoint's noise.json sets it
+    assert "uniform-state" in lm._describe() and "mask id" not in lm._describe()
