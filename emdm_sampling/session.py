@@ -171,12 +171,12 @@ class DecodeSession:
         flat_exp = flat_exp.exp_()
         flat_sum_exp = flat_exp.sum(-1)
         flat_log_z = row_max.squeeze(-1) + flat_sum_exp.log()
+        at_scored = per_position(temperature, scored)
         if self.torch_rng is not None and config.temperature > 0:
-            probs = torch.softmax(flat_logits / per_position(temperature, scored), dim=-1, dtype=torch.float32)
+            probs = torch.softmax(flat_logits / at_scored, dim=-1, dtype=torch.float32)
             flat_x0 = self.torch_rng.multinomial(sub, scored, probs)
         else:
-            flat_x0 = propose(flat_logits, per_position(temperature, scored),
-                              self.rng.uniform(step, "proposal")[sub][scored], flat_exp)
+            flat_x0 = propose(flat_logits, at_scored, self.rng.uniform(step, "proposal")[sub][scored], flat_exp)
         self.forward.condition(now.rows, scored, flat_logits)  # self-conditioning: the next pass reads these
         x0 = self.tokens[sub].clone()
         x0[scored] = flat_x0
@@ -196,7 +196,8 @@ class DecodeSession:
             surprise=self.surprise, rows=now.rows, batch_size=self.batch, state=self.state,
             order_noise=config.order_noise, order_noise_decay=config.order_noise_decay,
             uniform_noise=self.noise.uniform, random_tokens=self.noise.drawer(sub, step),
-            noise_vocabulary=self.noise.vocabulary)
+            noise_vocabulary=self.noise.vocabulary,
+            temperature_at_scored=at_scored if config.temperature > 0 else None, total_steps=config.steps)
 
     # --- apply -----------------------------------------------------------------------------------------------
     def _apply(self, now: _Pass, ctx: StepContext, result: StepResult) -> tuple[torch.Tensor, torch.Tensor]:

@@ -75,6 +75,9 @@ class StepContext:
     uniform_noise: bool = False
     random_tokens: Callable[[torch.Tensor], torch.Tensor] | None = None
     noise_vocabulary: torch.Tensor | None = None  # [K] the ids noise tokens are drawn from (None: the vocabulary)
+    # the temperature this step's proposals were drawn at, per scored position ([N, 1]) or one float; None: argmax
+    temperature_at_scored: float | torch.Tensor | None = None
+    total_steps: int = 0  # the config's `steps` (the pass budget of the whole generation)
 
     @cached_property
     def argmax(self) -> torch.Tensor:
@@ -266,4 +269,4 @@ def get_sampler(name: str) -> type[Strategy]:
     return SAMPLERS.get(name)
 
 
-from . import ordering, remasking, uniform  # noqa: E402,F401  (register the built-in strategies)
+from . import dilated, ordering, parallel, remasking, uniform  # noqa: E402,F401  (register the built-ins)

@@ -94,3 +94,28 @@ class Surprise(Strategy):
         if self.opt["surprise_direction"] == "low_first":
             s = -s
         return s / float(self.opt["surprise_temperature"]) + ctx.gumbel("surprise")
+
+
+@register_sampler("pc_sampler")
+class PCSampler(Strategy):
+    """PC-Sampler (Huang et al. 2025, arXiv 2508.13021; NEUIR/PC-Sampler `pc_sampler_function`): position-aware
+    weighting times calibrated confidence, score = exp(-pc_lambda * i) * min(pc_alpha, -p(x0) log f_bg(x0)), i the
+    position within the block and f_bg the token's corpus frequency (the checkpoint's surprise table:
+    f = 2^-S; ids it lacks score 0). pc_lambda = 0 leaves the calibrated confidence alone; large values decode left to
+    right. Paper: pc_lambda 0.25, pc_alpha 10 (Sudoku 0, Countdown 1)."""
+
+    options = {"pc_lambda": 0.25, "pc_alpha": 10.0}
+
+    @classmethod
+    def check_options(cls, opt: dict[str, Any]) -> None:
+        if float(opt["pc_lambda"]) < 0 or float(opt["pc_alpha"]) <= 0:
+            raise ConfigError(f"pc_lambda must be >= 0 and pc_alpha > 0 (got {opt['pc_lambda']}, {opt['pc_alpha']})")
+
+    def score(self, ctx: StepContext) -> torch.Tensor:
+        if ctx.surprise is None:
+            raise ConfigError("sampler=pc_sampler needs corpus token frequencies: the checkpoint's surprise table "
+                              "(surprise.safetensors, saved by emdm_train); or choose another sampler")
+        frequency = torch.exp2(-ctx.surprise.to(ctx.x.device))[ctx.x0]
+        calibrated = (-ctx.p_x0 * torch.log(frequency + 1e-9)).clamp(max=float(self.opt["pc_alpha"]))
+        position = (ctx.block.long().cumsum(-1) - 1).clamp(min=0).float()
+        return torch.exp(-float(self.opt["pc_lambda"]) * position) * calibrated
