@@ -238,3 +238,93 @@ def test_prophet_equals_the_transcribed_rule(gaps, answer_start, block_length):
     for i, prompt in enumerate(PROMPTS):
         ref, passes = _prophet_reference(den, prompt, 8, 8, block_length, answer_start, gaps)
         assert gens[i] == ref and out.row_nfe[i] == passes, (i, gaps, gens[i], ref)
+
+
+@pytest.mark.parametrize("number", [1, 2])
+@pytest.mark.parametrize("gen_length, block_length", [(16, 16), (16, 8)])
+def test_remdm_llada_equals_the_port_with_emdm_random_numbers(number, gen_length, block_length):
+    """`llada_remdm_sample` draws x0 from its own categorical sampler: it is fed emdm's draws (the same counter
+    uniforms, the same inverse CDF), so the rule itself is compared token for token."""
+    from types import SimpleNamespace
+
+    from emdm_sampling.proposals import inverse_cdf
+    from emdm_sampling.rng import CounterRNG, fold_seed
+
+    port = _load("remdm_llada/eval_llada.py", stubs=["accelerate", "datasets", "lm_eval", "transformers"])
+    den = Fake(scale=1.0)
+    steps = gen_length  # the port's setting: one token per pass outside the re-masking window
+    kw = dict(remdm_number=number, gen_length=gen_length, block_length=block_length, steps=steps, temperature=1.0)
+    gens, out = _batch_invariant(den, "remdm_llada", **kw)
+    for i, prompt in enumerate(PROMPTS):
+        length = len(prompt) + gen_length
+        rng = CounterRNG(torch.tensor([fold_seed(i)]), torch.arange(length).unsqueeze(0))
+        calls = []
+
+        def draw(p, rng=rng, calls=calls):
+            u = rng.uniform(len(calls), "proposal")[0]
+            calls.append(1)
+            weights = p[0].float()
+            return inverse_cdf(weights / weights.amax(-1, keepdim=True), u).unsqueeze(0)
+
+        real = port._sample_categorical
+        port._sample_categorical = draw
+        try:
+            h = port.LLaDAEvalHarness.__new__(port.LLaDAEvalHarness)
+            h.model, h.mask_id, h.mask_length, h.block_size = den, MASK, gen_length, block_length
+            h.sampling_steps, h.remdm_number, h.tokenizer = steps, number, SimpleNamespace(eos_token_id=EOS)
+            x = h.llada_remdm_sample(torch.tensor([prompt]))
+        finally:
+            port._sample_categorical = real
+        assert gens[i] == x[0, len(prompt):].tolist() and out.row_nfe[i] == len(calls), (i, gens[i])
+
+
+def _eags_transcribed(den, prompt, gen_length, steps, gibbs_steps, fraction):
+    """Entropy-adaptive Gibbs sampling as emdm's docs state it (Diffusion-EAGS has no public code; this is the
+    algorithm written out, one row, temperature 0): reveal the k highest-entropy masked positions per pass (LLaDA's
+    linear split of the masks over `steps`), then `gibbs_steps` sweeps, each re-masking the round(n * fraction)
+    (>= 1) generated positions whose entropy was highest when they were last sampled and re-sampling them all in one
+    pass. Returns (generated ids, passes)."""
+    x = torch.tensor([prompt + [MASK] * gen_length])
+    P = len(prompt)
+    counts = [gen_length // steps + (1 if j < gen_length % steps else 0) for j in range(steps)]
+    entropy_at_reveal = torch.zeros(gen_length, dtype=torch.float64)
+    passes, sweeps, j = 0, 0, 0
+    while True:
+        masked = x[0, P:] == MASK
+        if not masked.any():
+            if sweeps == gibbs_steps:
+                return x[0, P:].tolist(), passes
+            k = max(1, round(gen_length * fraction))
+            order = sorted(range(gen_length), key=lambda i: (-float(entropy_at_reveal[i]), i))[:k]
+            x[0, [P + i for i in order]] = MASK  # the sweep's re-masking, decoded by the next pass
+            sweeps += 1
+            masked = x[0, P:] == MASK
+            sweeping = True
+        else:
+            sweeping = False
+        logits = den.logits(x)[0, P:].double()
+        logits[:, MASK] = -math.inf
+        logp = torch.log_softmax(logits, -1)
+        entropy = -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
+        passes += 1
+        if sweeping:
+            chosen = masked.nonzero().flatten().tolist()
+        else:
+            k = counts[j] if j < steps - 1 else int(masked.sum())
+            score = torch.where(masked, entropy, torch.tensor(-math.inf, dtype=torch.float64))
+            chosen = sorted(range(gen_length), key=lambda i: (-float(score[i]), i))[:k]
+            j += 1
+        for i in chosen:
+            x[0, P + i] = int(logits[i].argmax())
+            entropy_at_reveal[i] = entropy[i]
+
+
+@pytest.mark.parametrize("gibbs_steps, fraction", [(0, 0.1), (2, 0.1), (3, 0.3)])
+@pytest.mark.parametrize("steps", [8, 4])
+def test_eags_equals_the_algorithm_written_out(gibbs_steps, fraction, steps):
+    den = Fake(scale=1.0)
+    kw = dict(gibbs_steps=gibbs_steps, gibbs_fraction=fraction, gen_length=8, steps=steps)
+    gens, out = _batch_invariant(den, "eags", **kw)
+    for i, prompt in enumerate(PROMPTS):
+        ref, passes = _eags_transcribed(den, prompt, 8, steps, gibbs_steps, fraction)
+        assert gens[i] == ref and out.row_nfe[i] == passes, (i, gens[i], ref)

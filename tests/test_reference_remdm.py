@@ -90,3 +90,38 @@ def test_conf_eta_keeps_emdm_variant_and_conf_refuses_an_eta():
     assert remask.sum() == 0  # eta = 0: emdm's variant never re-masks ...
     remask, _ = remdm_rates("conf", 0.04, torch.tensor([2]), torch.tensor([4]), revealed, confidence)
     assert remask[0, 1] > remask[0, 0] > 0  # ... the reference's always does, the least confident most
+
+
+def test_duo_posterior_equals_duo_reference():
+    """emdm's `duo` step draws from Duo's ancestral posterior: normalised, its weights equal DUO's
+    `_posterior_from_x0` (s-sahoo/duo @ 7c9b498f) to 1e-15 in float64 (the noise over the whole vocabulary, as
+    DUO's). Documented differences: alpha = j/S within a block and a final argmax instead of DUO's eps and
+    noise-removal pass; emdm's noise may be restricted to a noise vocabulary."""
+    if not (ORACLES / "duo" / "algo.py").is_file():
+        pytest.skip(f"reference code not available: {ORACLES / 'duo'} is missing (set EMDM_ORACLES)")
+    from emdm_sampling.strategies.uniform import posterior_weights
+
+    sys.path.insert(0, str(ORACLES))
+    try:
+        from oracle_import import load
+
+        tb = load("duo/trainer_base.py", stubs=["hydra", "lightning", "dataloader", "metrics", "models", "utils"])
+        algo = load("duo/algo.py", stubs=["utils"], provide={"trainer_base": tb})
+    finally:
+        sys.path.remove(str(ORACLES))
+    vocab = 9
+    duo = algo.DUO_BASE.__new__(algo.DUO_BASE)
+    duo.config = SimpleNamespace(sampling=SimpleNamespace(use_float64=True))
+    duo.vocab_size, duo.dtype, duo.device = vocab, torch.float64, torch.device("cpu")
+    g = torch.Generator().manual_seed(0)
+    for j, steps in ((0, 4), (1, 4), (3, 4), (5, 8)):
+        probs = torch.softmax(torch.randn(2, 5, vocab, generator=g, dtype=torch.float64) * 2, -1)
+        current = torch.randint(0, vocab, (2, 5), generator=g)
+        alpha_t, alpha_s = j / steps, (j + 1) / steps
+        ref = duo._posterior_from_x0(probs, current, torch.full((2, 1), alpha_s, dtype=torch.float64),
+                                     torch.full((2, 1), alpha_t, dtype=torch.float64))
+        uniform = torch.full((vocab,), 1.0 / vocab, dtype=torch.float64)
+        mine = posterior_weights(probs.view(-1, vocab), current.flatten(), torch.tensor(alpha_s, dtype=torch.float64),
+                                 torch.tensor(alpha_t / alpha_s, dtype=torch.float64), uniform)
+        mine = (mine / mine.sum(-1, keepdim=True)).view_as(ref)
+        assert torch.allclose(mine, ref, rtol=0, atol=1e-15), (j, steps, (mine - ref).abs().max())

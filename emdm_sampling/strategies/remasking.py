@@ -179,3 +179,49 @@ class TopKRemaskDecoder(Strategy):
         remask = positions & (rank < n_remask)
         keep = positions & ~remask
         return StepResult(reveal=keep & ctx.masked, update=keep & ~ctx.masked, remask=remask & ~ctx.masked)
+
+
+@register_sampler("remdm_llada")
+class ReMDMLLaDA(Strategy):
+    """ReMDM's LLaDA port (`llada_remdm_sample` of guanghanwang/ReMDM-LLaDA, the setting ReMDM's authors used for
+    LLaDA): each block of S steps runs 2S passes of LLaDA's low-confidence decoding with proposals sampled at the
+    configured temperature (the port samples at 1: use temperature=1). Passes j < T = floor(7B/8) (B the block size)
+    reveal the B/S most confident proposals; in the T <= j < T + S window each pass first re-masks the remdm_number
+    decided tokens of the block with the lowest confidence (the p their proposal had), then reveals remdm_number;
+    the last passes reveal B/S again. Re-masking happens after the pass before (the same state the next pass reads).
+    The port's settings: gen 32, block 32, steps 32, remdm_number 1 (Countdown) or 4 (TruthfulQA)."""
+
+    options = {"remdm_number": 4}
+    remasks = True
+    honours = ()
+
+    @classmethod
+    def check_options(cls, opt: dict[str, Any]) -> None:
+        if int(opt["remdm_number"]) < 1:
+            raise ConfigError(f"remdm_number must be >= 1 (got {opt['remdm_number']})")
+
+    def step(self, ctx: StepContext) -> StepResult:
+        number = int(self.opt["remdm_number"])
+        size, steps = ctx.block.sum(-1), ctx.block_steps
+        window_start = torch.div(size * 7, 8, rounding_mode="floor")
+        j = ctx.block_step
+        in_window = (j >= window_start) & (j < window_start + steps)
+        k = torch.where(in_window, torch.full_like(size, number), torch.div(size, steps, rounding_mode="floor"))
+        confidence = ctx.load("remdm_llada_conf", ctx.p_x0.double(), float("inf"))
+        confidence = torch.where((j == 0).unsqueeze(-1), torch.full_like(confidence, float("inf")), confidence)
+        reveal = _top_k_by(ctx.p_x0, ctx.eligible, k)
+        confidence = torch.where(reveal, ctx.p_x0.double(), confidence)
+        # the next pass's re-masking (the port re-masks at the start of each pass of the window)
+        nxt = j + 1
+        remask_next = (nxt >= window_start) & (nxt < window_start + steps)
+        decided = ctx.block & ctx.fillable & (~ctx.masked | reveal)
+        lowest = _top_k_by(-confidence, decided & torch.isfinite(confidence), torch.full_like(size, number))
+        remask = lowest & remask_next.unsqueeze(-1)
+        ctx.store("remdm_llada_conf", torch.where(remask, torch.full_like(confidence, float("inf")), confidence))
+        return StepResult(reveal=reveal, remask=remask)
+
+
+def _top_k_by(scores: torch.Tensor, where: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The k highest `scores` among `where` per row (ties by position)."""
+    order = scores.double().masked_fill(~where, float("-inf")).argsort(dim=-1, descending=True, stable=True)
+    return (order.argsort(dim=-1) < k.unsqueeze(-1)) & where

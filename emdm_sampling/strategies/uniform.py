@@ -24,6 +24,16 @@ def _categorical_entropy(flat_logits: torch.Tensor) -> torch.Tensor:
     return torch.distributions.Categorical(logits=flat_logits).entropy()
 
 
+def posterior_weights(probs: torch.Tensor, current: torch.Tensor, alpha_s: torch.Tensor, alpha_ts: torch.Tensor,
+                      uniform: torch.Tensor) -> torch.Tensor:
+    """[N, V] Duo's ancestral posterior q(x_s | x_t, x0 ~ p), unnormalised: (alpha_t|s [v = x_t] + (1 - alpha_t|s)
+    u(x_t)) (alpha_s p_v + (1 - alpha_s) u(v)) for the current tokens x_t [N] (`uniform` [V]: the noise law)."""
+    prior = alpha_s * probs + (1 - alpha_s) * uniform  # q(x_s | x0 ~ p)
+    weights = (1 - alpha_ts) * uniform[current].unsqueeze(-1) * prior
+    weights.scatter_add_(-1, current.unsqueeze(-1), alpha_ts * prior.gather(-1, current.unsqueeze(-1)))
+    return weights
+
+
 @register_sampler("entropy_bound")
 class EntropyBound(Strategy):
     """The entropy-bound (EB) sampler (Ben-Hamu et al. 2025, arXiv 2505.24857), as DiffusionGemma runs it.
@@ -124,10 +134,7 @@ class DuoAncestral(Strategy):
             uniform.fill_(1.0 / probs.shape[-1])
         else:
             uniform[vocabulary] = 1.0 / len(vocabulary)
-        prior = a_s * probs + (1 - a_s) * uniform  # q(x_s | x0 ~ p)
-        current = ctx.x[ctx.scored]
-        weights = (1 - a_ts) * uniform[current].unsqueeze(-1) * prior
-        weights.scatter_add_(-1, current.unsqueeze(-1), a_ts * prior.gather(-1, current.unsqueeze(-1)))
+        weights = posterior_weights(probs, ctx.x[ctx.scored], a_s, a_ts, uniform)
         drawn = inverse_cdf(weights.float(), ctx.uniform("duo_ancestral")[ctx.scored])
         sample = ctx.x.clone()
         sample[ctx.scored] = drawn
