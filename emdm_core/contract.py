@@ -88,6 +88,9 @@ class ModelContract:
     infills: bool = True  # whether mask tokens inside a prompt are decoded
     guidance: bool = True  # classifier-free guidance (cfg_scale) is defined for it
     self_conditioning: bool = False  # each pass reads the previous pass's logits over the whole block
+    # a pass can also return "shadow" verification logits: for each block position, the prediction of its token
+    # with that token hidden (WINO's verification, in the same model call; `verified_logits`)
+    verification: bool = False
     # the family's own forward passes (encoder-decoder families): (canvas, config) -> Forward; None: emdm's
     own_forward: Callable[[Any, Any], Forward] | None = None
     sampler_defaults: Mapping[str, Any] = field(default_factory=dict)  # its own decoding, when none is named

@@ -27,10 +27,14 @@ __all__ = ["CACHE_MODES", "Logits", "ModelForward"]
 class ModelForward:
     """The forward passes of one `generate` call (see the module docstring)."""
 
-    def __init__(self, denoiser, canvas, mode: str, cfg_scale: float = 0.0, attention_block: int | None = None):
-        """`mode`: the cache mode that runs (`DecodePlan.cache`: checked against the model, `auto` resolved)."""
+    def __init__(self, denoiser, canvas, mode: str, cfg_scale: float = 0.0, attention_block: int | None = None,
+                 verify: bool = False):
+        """`mode`: the cache mode that runs (`DecodePlan.cache`: checked against the model, `auto` resolved);
+        `verify`: each pass also computes the block's shadow verification logits (`cache=none` only), kept in
+        `verification` as (block_start [b], shadow logits [b, S, V])."""
         self.denoiser, self.canvas, self.mode, self.cfg_scale = denoiser, canvas, mode, cfg_scale
-        self.attention_block = attention_block
+        self.attention_block, self.verify = attention_block, verify
+        self.verification: tuple[torch.Tensor, torch.Tensor] | None = None
         # classifier-free guidance: the unconditional input has every prompt token masked (LLaDA's prompt_index)
         self.prompt = canvas.attention & ~canvas.fill
         batch, length = canvas.tokens.shape
@@ -49,7 +53,10 @@ class ModelForward:
         if self.mode == "none":
             self.full_passes += 1
             tokens, attention = canvas.tokens[rows], canvas.attention[rows]
-            if self.cfg_scale > 0:
+            if self.verify:
+                logits, shadow = self.denoiser.verified_logits(tokens, attention, block_start, block_end)
+                self.verification = (block_start, shadow)
+            elif self.cfg_scale > 0:
                 logits = self.denoiser.guided_logits(tokens, attention, self.prompt[rows], self.cfg_scale)
             else:
                 logits = self.denoiser.logits(tokens, attention)

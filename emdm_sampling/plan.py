@@ -48,6 +48,13 @@ def plan_decoding(config: SamplerConfig, contract: ModelContract) -> DecodePlan:
                           f"tokens; leave block_length unset (or {canvas})")
     if canvas:
         config = dataclasses.replace(config, block_length=canvas)
+    if strategy.verifies and not contract.verification:
+        raise ConfigError(f"sampler {config.sampler!r} verifies decided tokens with shadow positions in the same pass, "
+                          f"which {contract.family} cannot run (it needs an unshifted bidirectional backbone: llada, "
+                          f"a2d-llama); choose another sampler")
+    if strategy.verifies and (config.cache not in ("auto", "none") or config.cfg_scale > 0):
+        raise ConfigError(f"sampler {config.sampler!r} runs its verification pass without a KV cache or guidance; "
+                          f"use cache=none and cfg_scale=0")
     if config.cfg_scale > 0 and not contract.guidance:
         raise ConfigError(f"cfg_scale: classifier-free guidance is not defined for {contract.family} (it has no "
                           f"mask token to blank the prompt with); use cfg_scale=0")

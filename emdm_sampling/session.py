@@ -85,7 +85,8 @@ class DecodeSession:
             return
         self.blocks = BlockState.build(self.fill, config, positions, aligned=block)
         self.forward = (contract.own_forward(canvas, config) if contract.own_forward is not None
-                        else ModelForward(den, canvas, self.plan.cache, config.cfg_scale, block))
+                        else ModelForward(den, canvas, self.plan.cache, config.cfg_scale, block,
+                                          verify=self.strategy.verifies))
         row_seeds = list(seeds) if seeds is not None else [config.seed] * self.batch
         self.rng = CounterRNG(torch.tensor([fold_seed(s) for s in row_seeds], device=self.tokens.device), positions)
         self.torch_rng = TorchRowGenerators(row_seeds, self.tokens.device) if config.rng == "torch" else None
@@ -197,7 +198,25 @@ class DecodeSession:
             order_noise=config.order_noise, order_noise_decay=config.order_noise_decay,
             uniform_noise=self.noise.uniform, random_tokens=self.noise.drawer(sub, step),
             noise_vocabulary=self.noise.vocabulary,
-            temperature_at_scored=at_scored if config.temperature > 0 else None, total_steps=config.steps)
+            temperature_at_scored=at_scored if config.temperature > 0 else None, total_steps=config.steps,
+            verification=self._verification(now) if self.strategy.verifies else None)
+
+    def _verification(self, now: _Pass) -> torch.Tensor:
+        """[b, W] p(current token) at each block position from the pass's shadow logits (float64 softmax, the mask
+        token excluded as in every proposal)."""
+        block_start, shadow = self.forward.verification
+        tokens = self.tokens[now.sub]
+        slot = torch.arange(shadow.shape[1], device=tokens.device)
+        column = block_start.unsqueeze(1) - self.canvas.start + slot  # [b, S] window column of each slot
+        valid = (column < tokens.shape[1]) & (slot.unsqueeze(0) < now.block.sum(-1, keepdim=True))
+        current = tokens.gather(1, column.clamp(max=tokens.shape[1] - 1))
+        shadow = shadow.double()
+        shadow[..., self.denoiser.mask_token_id] = float("-inf")  # as every proposal: the mask is no token
+        p = torch.softmax(shadow, -1).gather(-1, current.unsqueeze(-1)).squeeze(-1)
+        out = torch.zeros(tokens.shape, dtype=torch.float64, device=tokens.device)
+        row = torch.arange(len(tokens), device=tokens.device).unsqueeze(1).expand_as(column)
+        out[row[valid], column[valid]] = p[valid]
+        return out * now.block
 
     # --- apply -----------------------------------------------------------------------------------------------
     def _apply(self, now: _Pass, ctx: StepContext, result: StepResult) -> tuple[torch.Tensor, torch.Tensor]:

@@ -328,3 +328,87 @@ def test_eags_equals_the_algorithm_written_out(gibbs_steps, fraction, steps):
     for i, prompt in enumerate(PROMPTS):
         ref, passes = _eags_transcribed(den, prompt, 8, steps, gibbs_steps, fraction)
         assert gens[i] == ref and out.row_nfe[i] == passes, (i, gens[i], ref)
+
+
+def _wino_transcribed(den, prompt, gen_length, block_length, threshold, threshold_back):
+    """WINO's `decoding_wino` as the oracles README transcribes it (batch 1, temperature 0), on emdm's backbone
+    network called directly with WINO's own 4-D mask: x = prompt + gen masks + B shadow masks at the block's
+    positions; no query sees the shadow columns, shadow rows see every shadow column, shadow row j not block column
+    s + j. Returns (generated ids, model calls)."""
+    M, P, B = den.mask_token_id, len(prompt), block_length
+    x = torch.tensor([prompt + [M] * (gen_length + B)])
+    total, calls = P + gen_length + B, 0
+    for s in range(P, P + gen_length, B):
+        shadow_on = torch.zeros(B, dtype=torch.bool)
+        last_accept = 30
+        position_ids = torch.cat([torch.arange(P + gen_length), torch.arange(s, s + B)]).unsqueeze(0)
+        attend = torch.ones(total, total, dtype=torch.bool)
+        attend[:, P + gen_length:] = False
+        attend[P + gen_length:, P + gen_length:] = True
+        attend[P + gen_length:, s:s + B] &= ~torch.eye(B, dtype=torch.bool)
+        while bool((x[0, s:s + B] == M).any()):
+            masked = (x[0, :P + gen_length] == M) & (torch.arange(P + gen_length) < s + B)
+            logits = den.model(input_ids=x, position_ids=position_ids,
+                               diffusion_mask_4d=attend[None, None]).logits[0].double()
+            calls += 1
+            logits[:, M] = -math.inf  # the mask is never proposed (emdm's rule everywhere; LLaDA never predicts it)
+            x0 = logits.argmax(-1)
+            x0[P + gen_length:] = torch.where(shadow_on, x[0, s:s + B], x0[P + gen_length:])
+            p = torch.softmax(logits, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+            n_masked = int(masked.sum())
+            most = min(max(int(0.7 * n_masked), 5), 20)
+            conf = torch.where(masked, p[:P + gen_length], torch.tensor(-math.inf, dtype=torch.float64))
+            accept = masked & (conf > threshold)
+            if int(accept.sum()) > most:
+                keep = conf.masked_fill(~accept, -math.inf).topk(most).indices
+                accept = torch.zeros_like(accept)
+                accept[keep] = True
+            if not accept.any():
+                accept = torch.zeros_like(accept)
+                accept[int(conf.argmax())] = True
+            x[0, :P + gen_length] = torch.where(accept, x0[:P + gen_length], x[0, :P + gen_length])
+            n_accept = int(accept.sum())
+            if n_accept > 1:
+                shadow_p = p[P + gen_length:]
+                low = shadow_on & (shadow_p < threshold_back)
+                if int(low.sum()) >= last_accept:
+                    chosen = shadow_p.masked_fill(~low, math.inf).topk(last_accept - 1, largest=False).indices
+                    low = torch.zeros_like(low)
+                    low[chosen] = True
+                x[0, s:s + B] = torch.where(low, torch.tensor(M), x[0, s:s + B])
+                shadow_on &= ~low
+            shadow_on |= accept[s:s + B]
+            last_accept = n_accept
+    return x[0, P:P + gen_length].tolist(), calls
+
+
+@pytest.mark.parametrize("threshold, threshold_back", [(0.6, 0.9), (0.02, 0.5), (0.01, 0.9)])
+@pytest.mark.parametrize("block_length", [8, 16])
+def test_wino_equals_the_transcribed_rule(tiny_checkpoints, threshold, threshold_back, block_length):
+    from emdm_sampling import load_denoiser
+
+    den = load_denoiser(tiny_checkpoints["llada"])
+    prompts = [den.tokenizer(t, add_special_tokens=False)["input_ids"]
+               for t in ("the cat sleeps on the", "one two", "we walk to the old market on")]
+    kw = dict(wino_threshold=threshold, threshold_back=threshold_back, gen_length=16, block_length=block_length,
+              steps=16)
+    out = generate(den, prompts, sampler="wino", seeds=[0, 1, 2], record=True, **kw)
+    if threshold < 0.05:  # wide in: several commits per pass, so narrow out has something to re-mask
+        assert sum(int(s.remasked.sum()) for s in out.record.steps) > 0
+    for i, prompt in enumerate(prompts):
+        single = generate(den, [prompt], sampler="wino", seeds=[i], **kw)
+        assert single.sequences[0] == out.sequences[i] and single.row_nfe[0] == out.row_nfe[i]
+        ref, calls = _wino_transcribed(den, prompt, 16, block_length, threshold, threshold_back)
+        assert out.sequences[i][len(prompt):] == ref and out.row_nfe[i] == calls, (i, threshold)
+
+
+def test_wino_needs_a_family_that_verifies(tiny_checkpoints):
+    from emdm_core.errors import ConfigError
+    from emdm_sampling import load_denoiser
+
+    for family, message in (("bert", "cannot run"), ("sdar", "cannot run")):
+        with pytest.raises(ConfigError, match=message):
+            generate(load_denoiser(tiny_checkpoints[family]), [[5, 6]], sampler="wino", steps=4, gen_length=4)
+    with pytest.raises(ConfigError, match="cache=none"):
+        generate(load_denoiser(tiny_checkpoints["llada"]), [[5, 6]], sampler="wino", steps=4, gen_length=4,
+                 cache="dual")

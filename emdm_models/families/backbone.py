@@ -106,8 +106,38 @@ class BackboneDenoiser(Denoiser):
     def contract(self) -> ModelContract:
         """KV caches: Fast-dLLM's approximate prefix / dual caches, or the exact cache of block-causal attention."""
         block = self.block_size
+        shifted = bool(getattr(self.model.config, "logits_shift", False))
         return dataclasses.replace(super().contract, attention_block=block,
-                                   cache_modes=("none", "exact") if block else ("none", "prefix", "dual"))
+                                   cache_modes=("none", "exact") if block else ("none", "prefix", "dual"),
+                                   verification=block is None and not shifted)
+
+    @torch.no_grad()
+    def verified_logits(self, tokens: torch.Tensor, attention: torch.Tensor, block_start: torch.Tensor,
+                        block_end: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [b, L, V], shadow logits [b, S, V]) of one model call: the sequence as usual, plus S = the longest
+        block of "shadow" mask tokens, slot j at the position of the row's block column block_start + j, attending
+        to every real token but that column (and to the other slots); no real token attends to the slots, so the
+        sequence's logits are unchanged. Slot j predicts the block's j-th token with it hidden (WINO's verification).
+        """
+        self.forward_calls += 1
+        batch, length = tokens.shape
+        span = int((block_end - block_start).max())
+        slot = torch.arange(span, device=tokens.device)
+        column = block_start.unsqueeze(1) + slot  # [b, S] the block column each slot stands for
+        positions = positions_from_mask(attention)
+        shadow_positions = positions.gather(1, column.clamp(max=length - 1))
+        ids = torch.cat([tokens, torch.full((batch, span), self.mask_token_id, dtype=tokens.dtype,
+                                            device=tokens.device)], 1)
+        keys = torch.arange(length + span, device=tokens.device)
+        real = torch.cat([attention.bool(), torch.zeros_like(column, dtype=torch.bool)], 1)  # [b, L + S]
+        mask = real[:, None, :].expand(-1, length + span, -1).clone()
+        valid_slot = slot.unsqueeze(0) < (block_end - block_start).unsqueeze(1)  # [b, S]
+        shadow_rows = mask[:, length:]
+        shadow_rows[:, :, length:] = valid_slot[:, None, :] | torch.eye(span, dtype=torch.bool, device=tokens.device)
+        shadow_rows &= keys[None, None, :] != column[:, :, None]  # slot j does not see its own column
+        logits = self.model(input_ids=ids, position_ids=torch.cat([positions, shadow_positions], 1),
+                            diffusion_mask_4d=mask[:, None]).logits.float()
+        return logits[:, :length], logits[:, length:]
 
     def new_cache(self, batch: int, length: int) -> DiffusionCache:
         return DiffusionCache(batch, length)

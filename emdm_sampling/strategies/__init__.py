@@ -78,6 +78,9 @@ class StepContext:
     # the temperature this step's proposals were drawn at, per scored position ([N, 1]) or one float; None: argmax
     temperature_at_scored: float | torch.Tensor | None = None
     total_steps: int = 0  # the config's `steps` (the pass budget of the whole generation)
+    # strategies that verify (`Strategy.verifies`): [B, W] the probability of each block position's current token
+    # predicted with that token hidden (0 outside the block)
+    verification: torch.Tensor | None = None
 
     @cached_property
     def argmax(self) -> torch.Tensor:
@@ -212,6 +215,7 @@ class Strategy:
     # the strategy-dependent shared options it reads (of STRATEGY_OPTIONS): a scorer decoded by `select` reads them
     # all; a subclass that overrides `step` reads none unless it says so (a setting it ignores is then refused)
     honours: ClassVar[tuple[str, ...]] = STRATEGY_OPTIONS
+    verifies: ClassVar[bool] = False  # needs `StepContext.verification` (shadow logits in the same pass: WINO)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

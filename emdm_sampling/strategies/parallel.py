@@ -222,3 +222,50 @@ class Prophet(Strategy):
         bar = high if progress < 0.33 else mid if progress < 0.67 else low
         exit_now = answer.any(-1) & (mean_gap >= bar)
         return StepResult(reveal=torch.where(exit_now.unsqueeze(-1), ctx.masked, reveal))
+
+
+@register_sampler("wino")
+class WINO(Strategy):
+    """WINO, wide-in narrow-out (Hong et al. 2025, arXiv 2507.18578; Feng-Hong/WINO-DLLM `decoding_wino`, no
+    licence: the rule as the oracles README transcribes it). Each pass also runs "shadow" mask slots for the block
+    (in the same model call: `Denoiser.verified_logits`), slot j predicting the block's j-th token with it hidden.
+    Wide in: commit every masked block position with p > wino_threshold (at most min(max(int(0.7 m), 5), 20) of
+    them, m the block's masks, the most confident first; none: the best one). Narrow out: when more than one was
+    committed, re-mask the earlier-committed block tokens whose shadow probability is < threshold_back (if they are
+    as many as the previous pass committed, only that number minus one, the lowest). Needs cache=none and a backbone
+    family with shadow verification (llada). Paper (GSM8K): wino_threshold 0.6, threshold_back 0.9, block 128."""
+
+    options = {"wino_threshold": 0.6, "threshold_back": 0.9}
+    honours = ()
+    verifies = True
+    remasks = True
+
+    @classmethod
+    def check_options(cls, opt: dict[str, Any]) -> None:
+        for name in cls.options:
+            if not 0.0 <= float(opt[name]) <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1] (got {opt[name]})")
+
+    def step(self, ctx: StepContext) -> StepResult:
+        eligible, confidence = ctx.eligible, ctx.p_x0.double().masked_fill(~ctx.eligible, float("-inf"))
+        fresh = (ctx.block_step == 0).unsqueeze(-1)
+        verifying = ctx.load("wino_verifying", eligible, False) & ~fresh & ctx.block & ~ctx.masked
+        last_accept = torch.where(fresh.squeeze(-1), 30, ctx.load("wino_last", ctx.k.unsqueeze(-1), 30).squeeze(-1))
+        most = (eligible.sum(-1).double() * 0.7).long().clamp(min=5, max=20)
+        wide = eligible & (confidence > float(self.opt["wino_threshold"]))
+        accept = wide & (_rank(confidence, wide) < most.unsqueeze(-1))
+        best = eligible & (_rank(confidence, eligible) == 0)
+        accept = torch.where(accept.any(-1, keepdim=True), accept, best)
+        accepted = accept.sum(-1)
+        low = verifying & (ctx.verification < float(self.opt["threshold_back"]))
+        capped = low & (_rank(-ctx.verification, low) < (last_accept - 1).clamp(min=0).unsqueeze(-1))
+        remask = torch.where((low.sum(-1) >= last_accept).unsqueeze(-1), capped, low) & (accepted > 1).unsqueeze(-1)
+        ctx.store("wino_verifying", (verifying & ~remask) | accept)
+        ctx.store("wino_last", accepted.unsqueeze(-1))
+        return StepResult(reveal=accept, remask=remask)
+
+
+def _rank(scores: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """[B, W] each position's rank among `where` by descending score (ties by position); large elsewhere."""
+    order = scores.masked_fill(~where, float("-inf")).argsort(dim=-1, descending=True, stable=True)
+    return order.argsort(dim=-1).masked_fill(~where, scores.shape[-1])
