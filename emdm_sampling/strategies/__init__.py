@@ -37,6 +37,17 @@ def block_decay(kind: str, block_step: torch.Tensor, block_steps: torch.Tensor) 
     return torch.ones_like(j)
 
 
+def rank_among(scores: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """[B, W] each position's rank among `where` by descending score, ties by position (W outside `where`)."""
+    order = scores.masked_fill(~where, float("-inf")).argsort(dim=-1, descending=True, stable=True)
+    return order.argsort(dim=-1).masked_fill(~where, scores.shape[-1])
+
+
+def top_k(scores: torch.Tensor, where: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """[B, W] bool: the k[b] highest-scoring positions among `where` per row (ties by position)."""
+    return (rank_among(scores, where) < k.unsqueeze(-1)) & where
+
+
 @dataclass
 class StepContext:
     """Everything a strategy may look at in one step (all tensors batched: B rows, W window positions)."""

@@ -15,7 +15,7 @@ import torch
 from emdm_core.errors import ConfigError
 
 from ..proposals import inverse_cdf
-from . import StepContext, StepResult, Strategy, register_sampler
+from . import StepContext, StepResult, Strategy, rank_among, register_sampler, top_k
 
 
 def _threshold_commit(confidence: torch.Tensor, eligible: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -24,12 +24,6 @@ def _threshold_commit(confidence: torch.Tensor, eligible: torch.Tensor, threshol
     conf = confidence.masked_fill(~eligible, float("-inf"))
     bar = (conf.amax(-1, keepdim=True) - 1e-5).clamp(-1000, threshold)
     return (conf >= bar) & eligible
-
-
-def _top_k(scores: torch.Tensor, eligible: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """The k highest-scoring eligible positions per row (ties by position)."""
-    order = scores.masked_fill(~eligible, float("-inf")).argsort(dim=-1, descending=True, stable=True)
-    return (order.argsort(dim=-1) < k.unsqueeze(-1)) & eligible
 
 
 @register_sampler("credit")
@@ -63,7 +57,7 @@ class CreditDecoding(Strategy):
         if ctx.threshold is not None:
             reveal = _threshold_commit(confidence, ctx.eligible, ctx.threshold)
         else:
-            reveal = _top_k(confidence, ctx.eligible, ctx.k)
+            reveal = top_k(confidence, ctx.eligible, ctx.k)
         return StepResult(reveal=reveal, tokens=tokens)
 
     def _fused_logits(self, ctx: StepContext) -> torch.Tensor:
@@ -177,7 +171,7 @@ class KLASS(Strategy):
         confidence = ctx.scatter(p_now.gather(-1, ctx.x0[ctx.scored].unsqueeze(-1)).squeeze(-1))
         stable = (kls < float(self.opt["kl_threshold"])).all(-1) & (ctx.block_step >= history - 1).unsqueeze(-1)
         ready = stable & (confidence > float(self.opt["conf_threshold"])) & ctx.eligible
-        fallback = _top_k(confidence, ctx.eligible, ctx.k)
+        fallback = top_k(confidence, ctx.eligible, ctx.k)
         return StepResult(reveal=torch.where(ready.any(-1, keepdim=True), ready, fallback))
 
 
@@ -210,7 +204,7 @@ class Prophet(Strategy):
         return torch.ones_like(masked)  # the gap is read at decided answer positions too
 
     def step(self, ctx: StepContext) -> StepResult:
-        reveal = _top_k(ctx.p_x0, ctx.eligible, ctx.k)
+        reveal = top_k(ctx.p_x0, ctx.eligible, ctx.k)
         top2 = ctx.top_logits(2)
         gap = top2[..., 0] - top2[..., 1]
         gen = ctx.fillable.long().cumsum(-1) - 1  # gen-relative position of each generated column
@@ -253,19 +247,13 @@ class WINO(Strategy):
         last_accept = torch.where(fresh.squeeze(-1), 30, ctx.load("wino_last", ctx.k.unsqueeze(-1), 30).squeeze(-1))
         most = (eligible.sum(-1).double() * 0.7).long().clamp(min=5, max=20)
         wide = eligible & (confidence > float(self.opt["wino_threshold"]))
-        accept = wide & (_rank(confidence, wide) < most.unsqueeze(-1))
-        best = eligible & (_rank(confidence, eligible) == 0)
+        accept = wide & (rank_among(confidence, wide) < most.unsqueeze(-1))
+        best = eligible & (rank_among(confidence, eligible) == 0)
         accept = torch.where(accept.any(-1, keepdim=True), accept, best)
         accepted = accept.sum(-1)
         low = verifying & (ctx.verification < float(self.opt["threshold_back"]))
-        capped = low & (_rank(-ctx.verification, low) < (last_accept - 1).clamp(min=0).unsqueeze(-1))
+        capped = low & (rank_among(-ctx.verification, low) < (last_accept - 1).clamp(min=0).unsqueeze(-1))
         remask = torch.where((low.sum(-1) >= last_accept).unsqueeze(-1), capped, low) & (accepted > 1).unsqueeze(-1)
         ctx.store("wino_verifying", (verifying & ~remask) | accept)
         ctx.store("wino_last", accepted.unsqueeze(-1))
         return StepResult(reveal=accept, remask=remask)
-
-
-def _rank(scores: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
-    """[B, W] each position's rank among `where` by descending score (ties by position); large elsewhere."""
-    order = scores.masked_fill(~where, float("-inf")).argsort(dim=-1, descending=True, stable=True)
-    return order.argsort(dim=-1).masked_fill(~where, scores.shape[-1])

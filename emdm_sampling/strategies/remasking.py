@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from emdm_core.errors import ConfigError
-from . import ORDERING_OPTIONS, StepContext, StepResult, Strategy, block_decay, register_sampler
+from . import ORDERING_OPTIONS, StepContext, StepResult, Strategy, block_decay, register_sampler, top_k
 
 
 def remdm_rates(schedule: str, eta: float, block_step: torch.Tensor, block_steps: torch.Tensor,
@@ -209,19 +209,13 @@ class ReMDMLLaDA(Strategy):
         k = torch.where(in_window, torch.full_like(size, number), torch.div(size, steps, rounding_mode="floor"))
         confidence = ctx.load("remdm_llada_conf", ctx.p_x0.double(), float("inf"))
         confidence = torch.where((j == 0).unsqueeze(-1), torch.full_like(confidence, float("inf")), confidence)
-        reveal = _top_k_by(ctx.p_x0, ctx.eligible, k)
+        reveal = top_k(ctx.p_x0.double(), ctx.eligible, k)
         confidence = torch.where(reveal, ctx.p_x0.double(), confidence)
         # the next pass's re-masking (the port re-masks at the start of each pass of the window)
         nxt = j + 1
         remask_next = (nxt >= window_start) & (nxt < window_start + steps)
         decided = ctx.block & ctx.fillable & (~ctx.masked | reveal)
-        lowest = _top_k_by(-confidence, decided & torch.isfinite(confidence), torch.full_like(size, number))
+        lowest = top_k(-confidence, decided & torch.isfinite(confidence), torch.full_like(size, number))
         remask = lowest & remask_next.unsqueeze(-1)
         ctx.store("remdm_llada_conf", torch.where(remask, torch.full_like(confidence, float("inf")), confidence))
         return StepResult(reveal=reveal, remask=remask)
-
-
-def _top_k_by(scores: torch.Tensor, where: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """The k highest `scores` among `where` per row (ties by position)."""
-    order = scores.double().masked_fill(~where, float("-inf")).argsort(dim=-1, descending=True, stable=True)
-    return (order.argsort(dim=-1) < k.unsqueeze(-1)) & where
