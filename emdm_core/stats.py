@@ -2,7 +2,8 @@
 
 - `paired_counts(a, b)`: both / only-A / only-B / neither counts of two 0/1 outcome lists over the same items;
 - `mcnemar_exact(only_a, only_b)`: the exact two-sided McNemar p-value (binomial test on the discordant pairs);
-- `paired_difference_ci(...)`: the difference of the two success rates with a 95% Wald interval for paired data.
+- `paired_difference_ci(...)`: the difference of the two success rates with a 95% Wald interval for paired data;
+- `holm(p_values)`: Holm's step-down adjustment of a family of p-values (family-wise error control).
 """
 
 from __future__ import annotations
@@ -71,3 +72,16 @@ def paired_difference_ci(only_a: int, only_b: int, n: int, z: float = 1.95996398
     diff = (only_a - only_b) / n
     se = math.sqrt(max((only_a + only_b) / n - diff * diff, 0.0) / n)
     return diff, diff - z * se, diff + z * se
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-adjusted p-values, in the input order: the i-th smallest p times (m - i), made monotone and capped at
+    1. A comparison is significant at level a for the whole family when its adjusted p < a."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(p_values[i])))
+        adjusted[i] = running
+    return adjusted

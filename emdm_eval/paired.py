@@ -15,12 +15,13 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from emdm_core.stats import paired_counts
+from emdm_core.stats import holm, paired_counts
 
 OUTCOMES_NAME, PAIRED_NAME = "outcomes.jsonl", "paired.csv"
 POINT_COLUMNS = ("pretrained", "tasks", "limit", "seed", "model_args", "sampler", "steps", "options")
 PAIRED_COLUMNS = ["task", "metric", "a_sampler", "a_steps", "a_options", "b_sampler", "b_steps", "b_options", "n",
-                  "both", "only_a", "only_b", "neither", "rate_a", "rate_b", "diff", "ci_low", "ci_high", "p_value"]
+                  "both", "only_a", "only_b", "neither", "rate_a", "rate_b", "diff", "ci_low", "ci_high", "p_value",
+                  "p_holm"]
 
 
 def point_key(row: dict[str, Any]) -> tuple[str, ...]:
@@ -92,6 +93,8 @@ def paired_rows(points: Sequence[dict[str, Any]], outcomes: dict, all_pairs: boo
                              "neither": counts.neither, "rate_a": (counts.both + counts.only_a) / counts.n,
                              "rate_b": (counts.both + counts.only_b) / counts.n, "diff": diff, "ci_low": low,
                              "ci_high": high, "p_value": counts.p_value})
+    for row, adjusted in zip(rows, holm([r["p_value"] for r in rows])):  # the family: every comparison shown
+        row["p_holm"] = adjusted
     return rows
 
 
@@ -118,13 +121,14 @@ def paired_markdown(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return ""
     lines = ["## Paired comparisons (same documents)", "",
+             "McNemar p is exact; Holm p adjusts it for the whole family of comparisons in this table.", "",
              "| task | metric | steps | options | A | B | n | both | only A | only B | neither | A - B [95% CI] | "
-             "McNemar p |", "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "McNemar p | Holm p |", "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         same = (str(r["a_steps"]), r["a_options"]) == (str(r["b_steps"]), r["b_options"])
         lines.append(
             f"| {r['task']} | {r['metric']} | {r['a_steps'] if same else '-'} | "
             f"{(r['a_options'] or '-') if same else '-'} | {_label(r, 'a', not same)} | {_label(r, 'b', not same)} | {r['n']} | {r['both']} | {r['only_a']} | "
             f"{r['only_b']} | {r['neither']} | {r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | "
-            f"{_p(r['p_value'])} |")
+            f"{_p(r['p_value'])} | {_p(r['p_holm'])} |")
     return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from emdm_core.stats import paired_counts
+from emdm_core.stats import holm, paired_counts
 from emdm_eval import ablation as A
 from emdm_eval import paired as P
 
@@ -79,7 +79,9 @@ def test_cli_runs_the_grid_writes_reports_and_resumes(sudoku_ckpt, tmp_path, cap
         assert (int(r["both"]), int(r["only_a"]), int(r["only_b"]), int(r["neither"])) == \
             (counts.both, counts.only_a, counts.only_b, counts.neither)
         assert float(r["p_value"]) == pytest.approx(counts.p_value)
-    assert "## Paired comparisons (same documents)" in text and "| sudoku_easy | solved | 4 | threshold=0.9 |" in text
+    family = read_csv(out / P.PAIRED_NAME)  # Holm over every comparison reported
+    assert [float(r["p_holm"]) for r in family] == pytest.approx(holm([float(r["p_value"]) for r in family]))
+    assert "## Paired comparisons (same documents)" in text and "Holm p |" in text and "| sudoku_easy | solved | 4 | threshold=0.9 |" in text
     png = (out / A.PNG_NAME).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 

@@ -195,3 +195,13 @@ def test_paired_counts_and_difference():
         paired_counts([1], [1, 0])
     with pytest.raises(ValueError, match="0 or 1"):
         paired_counts([0.5], [1])
+
+
+def test_holm_adjustment():
+    from emdm_core.stats import holm
+
+    # the textbook example: p = (0.01, 0.04, 0.03, 0.005), m = 4 -> sorted 0.005*4, 0.01*3, 0.03*2, 0.04*1, monotone
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0]) and holm([]) == []
+    # the README's margin-vs-top_prob family: the one p = 0.015 of six is 0.09 after adjustment
+    assert holm([0.015, 0.2, 0.3, 0.5, 0.6, 0.9])[0] == pytest.approx(0.09)
