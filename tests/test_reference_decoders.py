@@ -412,3 +412,33 @@ def test_wino_needs_a_family_that_verifies(tiny_checkpoints):
     with pytest.raises(ConfigError, match="cache=none"):
         generate(load_denoiser(tiny_checkpoints["llada"]), [[5, 6]], sampler="wino", steps=4, gen_length=4,
                  cache="dual")
+
+
+def test_new_decoders_run_from_the_sampling_cli(tiny_checkpoints, capsys):
+    from emdm_sampling.__main__ import main
+
+    path = tiny_checkpoints["llada"]
+    for argv in (["--sampler", "credit", "--threshold", "0.5", "--option", "credit_alpha=0.5"],
+                 ["--sampler", "hierarchy", "--option", "low_threshold=0.1"],
+                 ["--sampler", "klass", "--option", "conf_threshold=0.5"], ["--sampler", "dus"],
+                 ["--sampler", "wino", "--cache", "none"], ["--sampler", "prophet", "--option", "answer_start=2"]):
+        assert main(["--pretrained", path, "--prompt", "the cat", "--gen-length", "8", "--steps", "8", *argv]) == 0
+        assert f"[{argv[1]}]" in capsys.readouterr().out
+    assert main(["--pretrained", path, "--prompt", "the cat", "--sampler", "dus", "--threshold", "0.9"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "does not use threshold" in err[-1] and err[-1].startswith("error:")
+
+
+@pytest.mark.parametrize("args", [dict(sampler="credit", threshold=0.5, credit_alpha=0.5),
+                                  dict(sampler="klass", conf_threshold=0.5), dict(sampler="dus"),
+                                  dict(sampler="wino", cache="none"), dict(sampler="hierarchy")])
+def test_new_decoders_run_as_the_lm_eval_model(tiny_checkpoints, args):
+    from lm_eval.api.instance import Instance
+
+    from emdm_eval.model import EMDMLM
+
+    lm = EMDMLM(pretrained=tiny_checkpoints["llada"], steps=8, **args)
+    requests = [Instance("generate_until", {}, (text, {"max_gen_toks": 8, "until": []}), 0, ("t", i, 1))
+                for i, text in enumerate(["the cat", "one two three"])]
+    texts = lm.generate_until(requests)
+    assert len(texts) == 2 and lm.get_model_info()["emdm"]["sampler"]["sampler"] == args["sampler"]
