@@ -82,3 +82,21 @@ class FakeDenoiser(Denoiser):
 @pytest.fixture
 def fake_denoiser():
     return FakeDenoiser
+
+
+_REFERENCE = {"ran": 0, "skipped": 0}
+
+
+def pytest_runtest_logreport(report):
+    """Count the tests that compare with the reference code (../shared/oracles), ran or skipped for its absence."""
+    if report.skipped and "reference code not available" in str(report.longrepr):
+        _REFERENCE["skipped"] += 1
+    elif report.when == "call" and not report.skipped and "test_reference" in report.nodeid:
+        _REFERENCE["ran"] += 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    ran, skipped = _REFERENCE["ran"], _REFERENCE["skipped"]
+    if ran or skipped:
+        where = " (the reference code is missing: put it in ../shared/oracles or set EMDM_ORACLES)" if skipped else ""
+        terminalreporter.write_line(f"reference-code tests: {ran} ran, {skipped} skipped{where}")
