@@ -97,6 +97,7 @@ def markdown(rows: list[dict], baseline: str, metric: str, title: str) -> str:
 
 def plot(rows: list[dict], path: Path, metric: str, title: str) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -109,6 +110,7 @@ def plot(rows: list[dict], path: Path, metric: str, title: str) -> None:
     front = sorted(pareto(rows), key=lambda r: r["passes"])
     ax.plot([r["passes"] for r in front], [r["accuracy"] for r in front], "--", color="tab:red", label="frontier")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("mean forward passes per item (log)")
     ax.set_ylabel(metric)
     ax.set_title(title, fontsize=9)

@@ -57,7 +57,18 @@ def check_model_args(argv: Sequence[str]) -> None:
     from .model import parse_model_args
 
     args, _sampler_kwargs = parse_model_args(simple_parse_args_string(_flag(argv, "--model_args") or ""))
+    check_output_path(_flag(argv, "--output_path"))
     read_config(str(args.pretrained), args.trust_remote_code or "--trust_remote_code" in argv)
+
+
+def check_output_path(path: str | None) -> None:
+    """A `--output_path` results cannot be written to is an error now, not a warning after the evaluation."""
+    from emdm_core.errors import ConfigError
+    from emdm_core.paths import output_problem
+
+    problem = output_problem(path) if path else None
+    if problem:
+        raise ConfigError(f"--output_path {path}: {problem}; choose a folder you can write to")
 
 
 def _main(argv: Sequence[str] | None) -> int:

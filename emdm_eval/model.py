@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import os
+import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -180,6 +181,11 @@ class EMDMLM(TemplateLM):
         # lm-eval seeds torch (--seed, default 1234) right before it builds the model: that is our base seed.
         lm_eval_seed = torch.initial_seed()
         self.args, sampler_kwargs = parse_model_args(kwargs, self.config_class)
+        launcher = os.path.basename(os.path.dirname(sys.argv[0] or "")) + os.path.basename(sys.argv[0] or "")
+        if "lm_eval" in launcher or "lm-eval" in launcher:
+            from .__main__ import _flag, check_output_path
+
+            check_output_path(_flag(sys.argv, "--output_path"))  # the plain lm_eval CLI: before the model loads
         args = self.args
         self.mc_num, self.mc_batch_size, self.greedy, self.truncation = (args.mc_num, args.mc_batch_size,
                                                                           args.greedy, args.truncation)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -339,3 +340,22 @@ def test_prompts_are_encoded_as_the_checkpoint_was_fine_tuned(tiny_checkpoints, 
     assert forced.encode_prompt("the cat") == plain.tok_encode("the cat") != row[:prompt_len]
     (ckpt / "emdm_train_config.yaml").write_text("data_format: text\n")
     assert EMDMLM(pretrained=str(ckpt), steps=2).prompt_format == "bos"
+
+
+def test_an_output_path_that_cannot_be_written_fails_before_the_model_loads(tiny_checkpoints, tmp_path,
+                                                                          monkeypatch):
+    from emdm_core.paths import output_problem
+    from emdm_eval.__main__ import check_model_args
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert output_problem(str(tmp_path / "new" / "deeper")) is None
+    assert output_problem(str(tmp_path / "results.json")) is None
+    assert "is a file" in output_problem(str(blocker / "out"))
+    argv = ["--model", "emdm", "--model_args", f"pretrained={tiny_checkpoints['bert']}", "--tasks", "x",
+            "--output_path", str(blocker / "out")]
+    with pytest.raises(ConfigError, match="--output_path .*choose a folder you can write to"):
+        check_model_args(argv)  # emdm-eval: before lm-eval indexes its tasks
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/lm_eval", *argv])
+    with pytest.raises(ConfigError, match="is a file"):  # the plain lm_eval CLI: when it builds the model
+        EMDMLM(pretrained=tiny_checkpoints["bert"])
