@@ -202,7 +202,13 @@ def markdown_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None
         cells += [_fmt(row.get("forward_passes"), 0), _fmt(row.get("passes_per_doc"), 1), _fmt(row.get("seconds"), 1),
                   _fmt(row.get("docs_per_s"), 2)]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", TIME_NOTE]
     return "\n".join(lines) + "\n"
+
+
+# what the time columns are: the grid points run one after another, each on whatever else the machine was doing
+TIME_NOTE = ("seconds, docs/s: the wall time of each point as it ran, one point after another, machine load included; "
+             "compare forward passes, or time only between points run next to each other in one run.")
 
 
 def plot(rows: Sequence[dict[str, Any]], metric: str, path: Path, title: str = "") -> None:

@@ -158,7 +158,8 @@ def test_markdown_table_writer():
         "| sampler | steps | options | solved | cell_acc | forward passes | passes/doc | seconds | docs/s |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
         "| margin | 50 | - | 0.5000 ± 0.0500 | 0.9000 | 150 | 50.0 | 12.3 | 8.10 |",
-        "| vanilla | 50 | threshold=0.9 | 0.2500 ± 0.0433 | - | 30 | - | 1.0 | 3.00 |"]
+        "| vanilla | 50 | threshold=0.9 | 0.2500 ± 0.0433 | - | 30 | - | 1.0 | 3.00 |", "", A.TIME_NOTE]
+    assert "machine load included" in A.TIME_NOTE  # the seconds say what they are
     two = A.markdown_table([{**rows[0], "u/acc": 1.0}])
     assert "| t/solved | t/cell_acc | u/acc |" in two  # several tasks: the headers keep the task name
 
