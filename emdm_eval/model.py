@@ -593,7 +593,7 @@ class EMDMLM(TemplateLM):
                 text = postprocess_generated_text(self.tok_decode(gen), req.until, None)
                 results[req.index] = text
                 stats["generated_tokens"] += len(gen)
-                stats["empty"] += int(len(gen) == 0)
+                stats["empty"] += int(not text.strip())  # what the task scores: after EOS and the stop strings
                 self.cache_hook.add_partial("generate_until", requests[req.index].args, text)
             pbar.update(len(chunk))
         pbar.close()
@@ -626,7 +626,7 @@ class EMDMLM(TemplateLM):
             msg = (f"{int(tot['requests'])} requests, {int(tot['forward_passes'])} forward passes, "
                    f"{int(tot['generated_tokens'])} generated tokens in {secs:.1f}s "
                    f"({tot['generated_tokens'] / secs:.1f} tokens/s, prompt excluded), "
-                   f"{int(tot['empty'])} empty (EOS at once)")
+                   f"{int(tot['empty'])} empty (nothing left after EOS and the stop strings)")
         else:
             msg = (f"{int(tot['requests'])} requests, {int(tot['forward_passes'])} forward passes, "
                    f"{int(tot['scored_tokens'])} scored tokens in {secs:.1f}s, mc_num={self.mc_num}")

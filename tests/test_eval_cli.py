@@ -195,7 +195,7 @@ def test_plain_lm_eval_after_pip_install_dot(installs, tiny_checkpoints, tmp_pat
     stats = res["config"]["emdm"]["stats"]
     assert stats["generate_until"]["requests"] == 5 and "tokens_per_second" in stats["generate_until"]
     assert stats["loglikelihood"]["requests"] == 20 and stats["loglikelihood_rolling"]["requests"] == 5
-    assert "emdm generate_until: 5 requests" in proc.stderr and "empty (EOS at once)" in proc.stderr
+    assert "emdm generate_until: 5 requests" in proc.stderr and "empty (nothing left after EOS and the stop strings)" in proc.stderr
 
 
 def test_emdm_eval_wrapper_finds_its_tasks(installs, tiny_checkpoints, tmp_path):

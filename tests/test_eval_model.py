@@ -359,3 +359,13 @@ def test_an_output_path_that_cannot_be_written_fails_before_the_model_loads(tiny
     monkeypatch.setattr(sys, "argv", ["/usr/bin/lm_eval", *argv])
     with pytest.raises(ConfigError, match="is a file"):  # the plain lm_eval CLI: when it builds the model
         EMDMLM(pretrained=tiny_checkpoints["bert"])
+
+
+def test_empty_generations_are_counted_after_the_stop_strings(lm):
+    """A generation whose text is cut to nothing by a stop string is empty for the task: the summary counts it."""
+    lm._stats.clear()
+    first = lm.generate_until([gen_req("the capital of france is", until=[], max_gen_toks=4)])[0]
+    assert first.strip()
+    lm._stats.clear()
+    lm.generate_until([gen_req("the capital of france is", until=[first.strip()[:1]], max_gen_toks=4)])
+    assert lm._stats["generate_until"]["empty"] == 1
