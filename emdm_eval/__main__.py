@@ -71,8 +71,36 @@ def check_output_path(path: str | None) -> None:
         raise ConfigError(f"--output_path {path}: {problem}; choose a folder you can write to")
 
 
+def emdm_help() -> str:
+    """The emdm part of `emdm-eval --help`: the model arguments, the sampler arguments (one source: the typed
+    configs' fields and help), the registered samplers and the bundled tasks."""
+    import glob
+
+    from emdm_core import typed
+    from emdm_sampling import SamplerConfig, available_samplers
+
+    from . import tasks_dir
+    from .model import EMDMArgs
+
+    def rows(cls: type, skip: tuple[str, ...] = ()) -> list[str]:
+        return [f"  {f.name:<24} {f.metadata['help']} (default: {f.default})" for f in typed.fields(cls)
+                if f.name not in skip]
+
+    folder = tasks_dir() or "."
+    names = {os.path.splitext(os.path.basename(p))[0] for p in glob.glob(str(folder / "**" / "*.yaml"), recursive=True)}
+    tasks = sorted(n for n in names if not n.startswith("_"))  # _name.yaml: templates other tasks include
+    return "\n".join(["--model emdm: --model_args k=v,... (model arguments)", *rows(EMDMArgs), "",
+                      "sampler arguments (also in --gen_kwargs; each strategy's own options too, e.g. eta=0.1)",
+                      *rows(SamplerConfig, SamplerConfig.PER_REQUEST), "",
+                      f"samplers: {', '.join(available_samplers())}",
+                      f"emdm's tasks (found without --include_path): {', '.join(tasks) or 'none'}", "",
+                      "lm-eval's own arguments follow.", ""])
+
+
 def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(emdm_help())
     from emdm_core.launch import relaunch_on_cpu, requested_cpu_processes
 
     nprocs = requested_cpu_processes()

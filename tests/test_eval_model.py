@@ -369,3 +369,15 @@ def test_empty_generations_are_counted_after_the_stop_strings(lm):
     lm._stats.clear()
     lm.generate_until([gen_req("the capital of france is", until=[first.strip()[:1]], max_gen_toks=4)])
     assert lm._stats["generate_until"]["empty"] == 1
+
+
+def test_emdm_eval_help_lists_the_emdm_arguments_samplers_and_tasks(capsys):
+    from emdm_core import typed
+    from emdm_eval.__main__ import emdm_help
+    from emdm_sampling import SamplerConfig, available_samplers
+
+    text = emdm_help()
+    for name in [f.name for f in typed.fields(SamplerConfig) if f.name not in SamplerConfig.PER_REQUEST]:
+        assert f"  {name} " in text, name
+    assert all(s in text for s in available_samplers()) and "sudoku_easy" in text and "_sudoku" not in text
+    assert "  pretrained " in text and "  mc_num " in text
