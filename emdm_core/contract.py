@@ -91,6 +91,7 @@ class ModelContract:
     # a pass can also return "shadow" verification logits: for each block position, the prediction of its token
     # with that token hidden (WINO's verification, in the same model call; `verified_logits`)
     verification: bool = False
+    surprise_table: bool = False  # the checkpoint has corpus token frequencies (surprise.safetensors)
     # the family's own forward passes (encoder-decoder families): (canvas, config) -> Forward; None: emdm's
     own_forward: Callable[[Any, Any], Forward] | None = None
     sampler_defaults: Mapping[str, Any] = field(default_factory=dict)  # its own decoding, when none is named

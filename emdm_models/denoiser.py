@@ -39,7 +39,8 @@ class Denoiser:
         """What this model declares to the decoding loop (see `emdm_core.contract.ModelContract`); a family with
         more capabilities (KV caches, block-causal attention, its own forward) extends its parent's."""
         return ModelContract(family=self.name, noise=self.noise, noise_vocabulary=self.noise_vocabulary,
-                             sampler_defaults=self.sampler_defaults(), eot_token_id=self.eot_token_id)
+                             sampler_defaults=self.sampler_defaults(), eot_token_id=self.eot_token_id,
+                             surprise_table=self.surprise is not None)
 
     @property
     def eot_token_id(self) -> int | None:

@@ -15,7 +15,7 @@ from emdm_core.contract import ModelContract
 from emdm_core.errors import ConfigError
 
 from .config import SamplerConfig
-from .strategies import SAMPLERS
+from .strategies import SAMPLERS, model_problem
 
 _NOISE_KINDS = {"mask": "masked-diffusion", "uniform": "uniform-state (Duo, DiffusionGemma)"}
 
@@ -33,11 +33,16 @@ class DecodePlan:
 def plan_decoding(config: SamplerConfig, contract: ModelContract) -> DecodePlan:
     """Check `config` against `contract`; raise a one-line `ConfigError` naming the fix."""
     strategy = config.strategy_class
-    if contract.noise not in strategy.noises:
+    problem = model_problem(strategy, contract)
+    fits = ", ".join(n for n in SAMPLERS.available() if model_problem(SAMPLERS.get(n), contract) is None)
+    if problem == "noise":
         wanted = " and ".join(_NOISE_KINDS[k] for k in strategy.noises)
-        fits = [n for n in SAMPLERS.available() if contract.noise in SAMPLERS.get(n).noises]
         raise ConfigError(f"sampler {config.sampler!r} is for {wanted} models; {contract.family} is a "
-                          f"{_NOISE_KINDS[contract.noise]} model: use one of {', '.join(fits)}")
+                          f"{_NOISE_KINDS[contract.noise]} model: use one of {fits}")
+    if problem == "surprise":
+        raise ConfigError(f"sampler={config.sampler} needs the checkpoint's surprise table (corpus token frequencies: "
+                          f"surprise.safetensors beside config.json, saved by emdm_train); fine-tune with emdm_train, "
+                          f"or use one of {fits}")
     block = contract.attention_block
     if block and config.block_length and config.block_length % block:
         raise ConfigError(f"block_length={config.block_length} must be a multiple of the model's attention block "

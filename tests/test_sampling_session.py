@@ -238,8 +238,11 @@ def test_every_family_declares_its_contract(tiny_checkpoints, tmp_path):
         assert (contract.attention_block is not None) == (family == "sdar")
         assert (contract.own_forward is not None) == contract.self_conditioning == (family == "diffusion_gemma")
         assert contract.noise == ("uniform" if family == "diffusion_gemma" else "mask")
-        assert set(available_samplers(den)) == {n for n in SAMPLERS.available()
-                                                if contract.noise in SAMPLERS.get(n).noises}
+        fits = set(available_samplers(den))
+        assert fits == {n for n in SAMPLERS.available() if contract.noise in SAMPLERS.get(n).noises and
+                        (contract.verification or not SAMPLERS.get(n).verifies) and
+                        (contract.surprise_table or not SAMPLERS.get(n).needs_surprise)}
+        assert ("wino" in fits) == (family == "llada") and "surprise" not in fits
 
 
 def test_lm_eval_start_up_line_says_what_the_model_is(tiny_checkpoints):

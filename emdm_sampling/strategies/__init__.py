@@ -227,6 +227,7 @@ class Strategy:
     # all; a subclass that overrides `step` reads none unless it says so (a setting it ignores is then refused)
     honours: ClassVar[tuple[str, ...]] = STRATEGY_OPTIONS
     verifies: ClassVar[bool] = False  # needs `StepContext.verification` (shadow logits in the same pass: WINO)
+    needs_surprise: ClassVar[bool] = False  # reads the checkpoint's surprise table (corpus token frequencies)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -270,13 +271,23 @@ def register_sampler(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
 
 
 def available_samplers(denoiser: Any = None) -> list[str]:
-    """Names of the registered strategies, built-in and third-party; with `denoiser`, those that can decode its
-    noise (masked or uniform-state)."""
+    """Names of the registered strategies, built-in and third-party; with `denoiser`, those that can decode it: its
+    noise (masked or uniform-state), and what they need of it (shadow verification, a surprise table)."""
     names = SAMPLERS.available()
     if denoiser is None:
         return names
-    noise = denoiser.contract.noise
-    return [n for n in names if noise in SAMPLERS.get(n).noises]
+    return [n for n in names if model_problem(SAMPLERS.get(n), denoiser.contract) is None]
+
+
+def model_problem(strategy: type[Strategy], contract: Any) -> str | None:
+    """Why `strategy` cannot decode the model of `contract` (a `ModelContract`), or None."""
+    if contract.noise not in strategy.noises:
+        return "noise"
+    if strategy.verifies and not contract.verification:
+        return "verification"
+    if strategy.needs_surprise and not contract.surprise_table:
+        return "surprise"
+    return None
 
 
 def get_sampler(name: str) -> type[Strategy]:

@@ -76,6 +76,7 @@ class Surprise(Strategy):
     """
 
     options = {"surprise_temperature": 1.0, "surprise_direction": "high_first"}
+    needs_surprise = True
 
     @classmethod
     def check_options(cls, opt: dict[str, Any]) -> None:
@@ -105,6 +106,7 @@ class PCSampler(Strategy):
     right. Paper: pc_lambda 0.25, pc_alpha 10 (Sudoku 0, Countdown 1)."""
 
     options = {"pc_lambda": 0.25, "pc_alpha": 10.0}
+    needs_surprise = True
 
     @classmethod
     def check_options(cls, opt: dict[str, Any]) -> None:
