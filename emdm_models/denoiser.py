@@ -178,11 +178,22 @@ def output_vocab_size(model: torch.nn.Module) -> int:
     return int(model.config.vocab_size)
 
 
+# Families whose position ids start after the padding id (RoBERTa's `create_position_ids_from_input_ids`): their
+# `max_position_embeddings` counts pad_token_id + 1 positions no token can use (514 -> 512 for roberta-base).
+PADDING_OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm",
+                                      "data2vec-text", "longformer", "ibert", "mpnet", "xmod"})
+
+
 def config_max_length(config: Any) -> int | None:
-    """The longest sequence a config allows (the first positive of the usual field names), or None."""
+    """The longest sequence a config allows (the first positive of the usual field names; for RoBERTa-style
+    position ids, less the padding offset), or None."""
     for name in ("max_position_embeddings", "max_sequence_length", "n_positions", "max_seq_len"):
         value = getattr(config, name, None)
         if isinstance(value, int) and value > 0:
+            pad = getattr(config, "pad_token_id", None)
+            if name == "max_position_embeddings" and getattr(config, "model_type", None) in PADDING_OFFSET_POSITIONS \
+                    and isinstance(pad, int):
+                value -= pad + 1
             return value
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     return None if text is config else config_max_length(text)  # composite configs (DiffusionGemma's text part)
