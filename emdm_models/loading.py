@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -136,7 +137,15 @@ def read_config(name: str, trust_remote_code: bool = False, spell: Spelling = KW
     weights = has_weights(path) if os.path.isdir(path) else not os.path.isfile(path)
     try:
         if family is not None:
-            config = family.convert_config(raw, str(name))
+            try:
+                config = family.convert_config(raw, str(name))
+            except CheckpointError as exc:
+                if not trust_remote_code or adapter is not None or not raw.get("auto_map"):
+                    raise
+                # the user allowed the checkpoint's own code: run it, saying why emdm's backbone is not used
+                warnings.warn(f"{name}: running the checkpoint's own code (adapter=remote), since {exc}",
+                              stacklevel=2)
+                config = AutoConfig.from_pretrained(path, trust_remote_code=True)
         elif os.path.isfile(path):  # a bare config .json file
             data = dict(raw)
             model_type = data.pop("model_type", None)

@@ -3,6 +3,8 @@ weights, and the same tokens as LLaDA's `generate` and Fast-dLLM's prefix / dual
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -150,3 +152,27 @@ def test_cfg_scale_equals_llada_guidance(llada, scale):
         ref, _ = llada_decoders().generate(guided, torch.tensor([p]), steps=8, gen_length=16, block_length=8,
                                            temperature=0.0, remasking="low_confidence", mask_id=den.mask_token_id)
         assert out.sequences[i] == ref[0].tolist()
+
+
+def test_trust_remote_code_runs_a_config_the_native_backbone_cannot_express(tmp_path):
+    """A LLaDA-layout config the Llama mapping cannot express: without trust_remote_code the one-line error says
+    how to run the checkpoint's own code; with it, that code runs, with one warning saying why (issue 26, item 2)."""
+    import warnings
+
+    from emdm_core.errors import CheckpointError
+    from emdm_sampling import generate, load_denoiser
+
+    path, _reference, tok = oracle_checkpoint("llada", tmp_path / "llada")
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "scale_logits": True}))
+    with pytest.raises(CheckpointError, match="pass adapter=remote trust_remote_code=True") as err:
+        load_denoiser(path)
+    assert "\n" not in str(err.value)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        den = load_denoiser(path, trust_remote_code=True)
+    why = [str(w.message) for w in caught if "checkpoint's own code" in str(w.message)]
+    assert len(why) == 1 and "scale_logits=True" in why[0]
+    assert den.name == "remote"
+    prompt = tok("the cat", add_special_tokens=False)["input_ids"]
+    assert len(generate(den, [prompt], sampler="margin", steps=4, gen_length=4).generated) == 1
