@@ -33,6 +33,7 @@ class Denoiser:
     # noise.json sets them on the loaded model
     noise = "mask"
     noise_vocabulary: torch.Tensor | None = None
+    training_problem: str | None = None  # why emdm_train cannot train this family (None: it can)
 
     @property
     def contract(self) -> ModelContract:

@@ -266,6 +266,7 @@ def load_denoiser(pretrained: str | os.PathLike, adapter: str | None = None, dev
     cls = adapter_for(config, adapter)
     check_remote_code(cls, config, path, trust_remote_code, spelling)
     tok = load_tokenizer(tokenizer or path, trust_remote_code, spelling)
+    check_weight_files(path)
     model = cls.load_model(path, config, torch_dtype, trust_remote_code)
     if peft:
         model = load_peft(model, peft)
@@ -304,8 +305,25 @@ def peft_base(path: str | os.PathLike) -> str | None:
     return str(base)
 
 
+def check_weight_files(path: str) -> None:
+    """Every safetensors file of a checkpoint directory opens (a truncated or empty file is a one-line error naming
+    it, not a traceback from the loader)."""
+    if not os.path.isdir(path):
+        return
+    from safetensors import safe_open
+
+    for name in sorted(Path(path).glob("*.safetensors")):
+        try:
+            with safe_open(str(name), framework="pt") as f:
+                f.keys()
+        except Exception as exc:  # safetensors raises its own error types (header, truncated buffer, empty file)
+            raise CheckpointError(f"{name}: the weights cannot be read ({first_line(exc)}): the file is truncated or "
+                                  f"damaged; copy or save the checkpoint again") from None
+
+
 def load_peft(model: torch.nn.Module, adapter_dir: str) -> torch.nn.Module:
-    """Load a PEFT (LoRA) adapter directory on top of `model` and merge it."""
+    """Load a PEFT (LoRA) adapter directory on top of `model` and merge it (an adapter that does not fit the base,
+    or a damaged one, is a one-line error naming the base it was trained on)."""
     try:
         from peft import PeftModel
     except ImportError:
@@ -316,7 +334,24 @@ def load_peft(model: torch.nn.Module, adapter_dir: str) -> torch.nn.Module:
     if not (Path(directory) / "adapter_config.json").is_file():
         raise CheckpointError(f"{adapter_dir} holds no adapter_config.json; pass peft=<a directory written by "
                               f"PEFT's save_pretrained (or emdm_train --lora)>")
-    return PeftModel.from_pretrained(model, directory).merge_and_unload()
+    check_weight_files(directory)
+    trained_on = json.loads((Path(directory) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    base = getattr(model.config, "_name_or_path", "") or ""
+    if trained_on and base and _same_checkpoint(trained_on, base) is False:
+        warnings.warn(f"the adapter {adapter_dir} was trained on {trained_on}; merging it into {base}", stacklevel=2)
+    try:
+        return PeftModel.from_pretrained(model, directory).merge_and_unload()
+    except (RuntimeError, ValueError) as exc:  # shapes that differ, target modules the base lacks
+        raise CheckpointError(f"the adapter {adapter_dir} does not fit this base ({first_line(exc)[:200]}); it was "
+                              f"trained on {trained_on or 'another model'}: pass that base as pretrained") from None
+
+
+def _same_checkpoint(a: str, b: str) -> bool | None:
+    """Whether two checkpoint names are the same directory (None when either is not a local path)."""
+    a, b = os.path.expanduser(str(a)), os.path.expanduser(str(b))
+    if not (os.path.exists(a) and os.path.exists(b)):
+        return None if not (os.path.exists(a) or os.path.exists(b)) else a.rstrip("/") == b.rstrip("/")
+    return os.path.samefile(a, b)
 
 
 def load_surprise(path: str) -> torch.Tensor | None:

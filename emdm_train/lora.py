@@ -81,6 +81,10 @@ def wrap(model: torch.nn.Module, cfg: Any, family: Any, base: str, resume_dir: P
     if cfg.qlora:
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     if resume_dir is not None:
+        if not (Path(resume_dir) / "adapter_config.json").is_file():
+            raise TrainConfigError(f"--resume: {resume_dir} is a checkpoint of a full-model run (no "
+                                   f"adapter_config.json); resume it without --lora, or start the LoRA run in a new "
+                                   f"--output")
         return peft.PeftModel.from_pretrained(model, str(resume_dir), is_trainable=True)
     config = peft.LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                              target_modules=target_modules(cfg, family), bias="none")

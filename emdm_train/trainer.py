@@ -35,7 +35,8 @@ from emdm_core.prompts import RECIPE_FILE
 from emdm_core.seeds import mix_seed
 from emdm_core.surprise import SurpriseTable, special_token_ids
 from emdm_models.denoiser import adapter_for, output_vocab_size
-from emdm_models.loading import FLAGS, add_mask_token, eos_token_id, load_tokenizer, read_config, resolve_mask_token
+from emdm_models.loading import (FLAGS, add_mask_token, check_weight_files, eos_token_id, load_tokenizer, read_config,
+                                 resolve_mask_token)
 
 from .checkpoints import STATE_DIR, checkpoint_dirs, checkpoint_problem, list_checkpoints, read_manifest, \
     write_manifest
@@ -287,9 +288,13 @@ class Trainer:
         self.tokenizer = load_tokenizer(tok_source, cfg.trust_remote_code, FLAGS)
         torch.manual_seed(mix_seed(cfg.seed, 0, 3))  # same random init on every process
         family = adapter_for(config)
+        if family.training_problem:
+            raise TrainConfigError(f"--model {cfg.model}: {family.training_problem}")
         if cfg.lora and not weights:
             raise TrainConfigError(f"--lora adapts pretrained weights, and {cfg.model} has none; pass a checkpoint "
                                    f"with weights, or drop --lora")
+        if pretrained:
+            check_weight_files(path)
         try:
             if pretrained:
                 self.model = family.load_model(path, config, torch.float32, cfg.trust_remote_code,

@@ -32,6 +32,9 @@ class DiffusionGemmaDenoiser(Denoiser):
     """DiffusionGemma checkpoints on transformers' own classes, decoded canvas by canvas."""
 
     noise = "uniform"
+    training_problem = ("emdm_train does not train DiffusionGemma (an encoder-decoder trained on its own canvas "
+                        "denoising loss, which emdm does not implement); fine-tune a masked-diffusion model, or a Duo "
+                        "model with --noise uniform")
     # a class attribute in place of the base class's property
     likelihood_problem = ("DiffusionGemma defines no tractable likelihood of a continuation (a uniform-state "
                           "encoder-decoder trained on a canvas denoising loss); generation tasks (generate_until) "

@@ -1,0 +1,119 @@
+"""Damaged or mismatched inputs end in one line that names the fix (issue 26, item 3): truncated or empty weight
+files (sampling, lm-eval, training; an adapter's too), a PEFT adapter of another shape or whose target modules the
+base lacks, training a DiffusionGemma checkpoint, and `--lora --resume` on a full-model run's checkpoint."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import pytest
+
+from emdm_core.errors import CheckpointError, EMDMError
+from emdm_models.tiny import build_tiny_checkpoint
+from emdm_sampling import load_denoiser
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc)
+    assert "\n" not in text
+    return text
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_damaged_weights_are_one_line_errors_everywhere(tiny_checkpoints, tmp_path, damage, capsys):
+    path = _copy(tiny_checkpoints["bert"], tmp_path / "bert")
+    weights = path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
+    with pytest.raises(CheckpointError) as err:
+        load_denoiser(path)
+    assert "model.safetensors" in _one_line(err.value) and "truncated or damaged" in str(err.value)
+
+    from emdm_sampling.__main__ import main
+
+    assert main(["--pretrained", str(path), "--prompt", "the cat", "--steps", "2", "--gen-length", "2"]) == 2
+    assert "truncated or damaged" in capsys.readouterr().err.strip().splitlines()[-1]
+
+    from emdm_eval.model import EMDMLM
+
+    with pytest.raises(CheckpointError, match="truncated or damaged"):
+        EMDMLM(pretrained=str(path))
+
+    from emdm_train.config import TrainConfig
+    from emdm_train.trainer import train
+
+    data_file = tmp_path / "d.txt"
+    data_file.write_text("the cat sleeps .\n" * 20)
+    with pytest.raises(EMDMError, match="truncated or damaged"):
+        train(TrainConfig(model=str(path), data=str(data_file), output=str(tmp_path / "run"), max_steps=1,
+                          progress=False, report_to="none", save_every=0, eval_every=0))
+
+
+def _adapter(base_path, out, target_modules):
+    """A PEFT LoRA adapter of the model at `base_path`, saved to `out`."""
+    peft = pytest.importorskip("peft")
+    den = load_denoiser(base_path)
+    model = peft.get_peft_model(den.model, peft.LoraConfig(r=4, target_modules=target_modules))
+    model.peft_config["default"].base_model_name_or_path = str(base_path)
+    model.save_pretrained(out)
+    return out
+
+
+def test_adapters_that_do_not_fit_are_one_line_errors(tiny_checkpoints, tmp_path):
+    small = tiny_checkpoints["bert"]
+    wide = build_tiny_checkpoint(tmp_path / "wide", "bert", hidden_size=48)
+    adapter = _adapter(small, tmp_path / "adapter", ["query", "value"])
+    with pytest.raises(CheckpointError) as err:  # trained on a base of another shape
+        load_denoiser(wide, peft=str(adapter))
+    assert "does not fit this base" in _one_line(err.value) and str(small) in str(err.value)
+    llada_adapter = _adapter(tiny_checkpoints["llada"], tmp_path / "llada-adapter", ["q_proj"])
+    with pytest.raises(CheckpointError, match="does not fit this base"):  # target modules the base lacks
+        load_denoiser(small, peft=str(llada_adapter))
+    truncated = _copy(adapter, tmp_path / "truncated-adapter")
+    weights = truncated / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:40])
+    with pytest.raises(CheckpointError, match="truncated or damaged"):
+        load_denoiser(small, peft=str(truncated))
+    same_shape = build_tiny_checkpoint(tmp_path / "other-bert", "bert", seed=5)
+    with warnings.catch_warnings(record=True) as caught:  # another base of the same shape: merged, with a word
+        warnings.simplefilter("always")
+        load_denoiser(same_shape, peft=str(adapter))
+    assert any("was trained on" in str(w.message) for w in caught)
+
+
+def test_training_a_diffusion_gemma_checkpoint_is_refused_in_one_line(tmp_path):
+    from emdm_train.config import TrainConfig
+    from emdm_train.errors import TrainConfigError
+    from emdm_train.trainer import train
+
+    path = build_tiny_checkpoint(tmp_path / "dg", "diffusion_gemma")
+    data_file = tmp_path / "d.txt"
+    data_file.write_text("the cat sleeps .\n" * 20)
+    with pytest.raises(TrainConfigError) as err:
+        train(TrainConfig(model=str(path), data=str(data_file), output=str(tmp_path / "run"), max_steps=1,
+                          progress=False, report_to="none", save_every=0, eval_every=0))
+    assert "does not train DiffusionGemma" in _one_line(err.value)
+
+
+def test_lora_resume_on_a_full_model_checkpoint_is_one_line(tiny_checkpoints, tmp_path):
+    pytest.importorskip("peft")
+    from emdm_train.config import TrainConfig
+    from emdm_train.errors import TrainConfigError
+    from emdm_train.trainer import train
+
+    data_file = tmp_path / "d.txt"
+    data_file.write_text("the cat sleeps on the mat .\n" * 40)
+    common = dict(model=tiny_checkpoints["llada"], data=str(data_file), output=str(tmp_path / "run"),
+                  progress=False, report_to="none", eval_every=0, batch_size=4, max_length=16, val_split=0.0)
+    train(TrainConfig(max_steps=2, save_every=1, **common))  # a full-model run with checkpoints
+    with pytest.raises(TrainConfigError) as err:
+        train(TrainConfig(max_steps=4, save_every=1, lora=True, resume="latest", **common))
+    assert "full-model run" in _one_line(err.value) and "without --lora" in str(err.value)
