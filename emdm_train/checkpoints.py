@@ -2,8 +2,10 @@
 
 A checkpoint counts as complete only when its `emdm_train_state/manifest.json` exists and every file it lists is
 there with that size (and, when `hashes=True`, that content). A prune or a copy interrupted half-way, or a file
-deleted later, makes it incomplete: resume then refuses it in one line and takes the newest complete one. Checkpoints
-written before manifests existed are accepted when every file a run needs is present.
+deleted later, makes it incomplete: resume then refuses it in one line and takes the newest complete one. A manifest
+that cannot be read is damage, and so is a missing one where the checkpoint's state says its run wrote one
+(`"manifest": true`); only checkpoints written before manifests existed are accepted without one, when every file a
+run needs is present.
 """
 
 from __future__ import annotations
@@ -64,6 +66,10 @@ def checkpoint_problem(directory: str | os.PathLike, hashes: bool = False) -> st
     if not directory.is_dir():
         return f"{directory} does not exist"
     files = read_manifest(directory)
+    if files is None and (directory / STATE_DIR / MANIFEST).exists():
+        return f"{directory.name}: its manifest is damaged (unreadable), so its files cannot be verified"
+    if files is None and _writes_manifests(directory):
+        return f"{directory.name} has no manifest although its run writes one: damaged or incomplete"
     if files is None:
         missing = [f for f in _LEGACY_REQUIRED if not (directory / f).is_file()]
         if not any((directory / w).is_file() for w in _WEIGHTS):
@@ -78,6 +84,17 @@ def checkpoint_problem(directory: str | os.PathLike, hashes: bool = False) -> st
         if hashes and _sha256(path) != entry["sha256"]:
             return f"{directory.name}: {name} does not match its manifest (changed or corrupt)"
     return None
+
+
+def _writes_manifests(directory: Path) -> bool:
+    """Whether the run that wrote this checkpoint writes manifests (its state says so; an unreadable state: yes)."""
+    state = directory / STATE_DIR / "state.json"
+    if not state.is_file():
+        return False
+    try:
+        return bool(json.loads(state.read_text()).get("manifest", False))
+    except (OSError, ValueError, AttributeError):
+        return True
 
 
 def checkpoint_dirs(output: str | os.PathLike) -> list[tuple[int, Path]]:

@@ -469,7 +469,8 @@ class Trainer:
                       "epoch": examples // run.n_train, "position_in_epoch": examples % run.n_train,
                       "tokens_seen": state.tokens_seen, "num_processes": self.world, "seed": self.cfg.seed,
                       "batch_size": self.cfg.batch_size, "masking": self.cfg.masking,
-                      "eval_loss": state.last_eval, "time": time.time()}
+                      "eval_loss": state.last_eval, "time": time.time(),
+                      "manifest": True}  # this checkpoint has a manifest: without one it is damaged
             (state_dir / "state.json").write_text(json.dumps(record, indent=2))
             write_manifest(tmp)  # written last: the checkpoint is complete only with it
             if final.exists():
@@ -519,13 +520,18 @@ class Trainer:
         if (state_dir / SHARDED_STATE).is_dir() != self.sharded:
             raise TrainError(f"{run.resume_dir} was written {'with' if not self.sharded else 'without'} FSDP/DeepSpeed "
                              f"sharding; resume it under the same accelerate configuration")
-        if self.sharded:
-            self.acc.load_state(str(state_dir / SHARDED_STATE))
-        else:
-            run.optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", map_location="cpu",
-                                                     weights_only=True))
-        run.scheduler.load_state_dict(torch.load(state_dir / "scheduler.pt", map_location="cpu",
-                                                 weights_only=False))
+        try:
+            if self.sharded:
+                self.acc.load_state(str(state_dir / SHARDED_STATE))
+            else:
+                run.optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", map_location="cpu",
+                                                         weights_only=True))
+            run.scheduler.load_state_dict(torch.load(state_dir / "scheduler.pt", map_location="cpu",
+                                                     weights_only=False))
+        except Exception as exc:  # a damaged optimizer / scheduler file (torch and pickle raise many types)
+            raise TrainError(f"{run.resume_dir}: its optimizer or scheduler state cannot be read "
+                             f"({first_line(exc)[:160]}); resume from another checkpoint (--resume "
+                             f"PATH/checkpoint-N)") from None
         self._check_same_recipe(run.resume_dir)
         state.tokens_seen = int(saved.get("tokens_seen", 0))
         state.last_eval = saved.get("eval_loss")

@@ -117,3 +117,68 @@ def test_lora_resume_on_a_full_model_checkpoint_is_one_line(tiny_checkpoints, tm
     with pytest.raises(TrainConfigError) as err:
         train(TrainConfig(max_steps=4, save_every=1, lora=True, resume="latest", **common))
     assert "full-model run" in _one_line(err.value) and "without --lora" in str(err.value)
+
+
+def _full_run(tiny_checkpoints, tmp_path, steps=2):
+    from emdm_train.config import TrainConfig
+    from emdm_train.trainer import train
+
+    data_file = tmp_path / "d.txt"
+    data_file.write_text("the cat sleeps on the mat .\n" * 40)
+    common = dict(model=tiny_checkpoints["bert"], data=str(data_file), output=str(tmp_path / "run"),
+                  progress=False, report_to="none", eval_every=0, batch_size=4, max_length=16, val_split=0.0,
+                  save_every=1, save_total_limit=None)
+    train(TrainConfig(max_steps=steps, **common))
+    return common
+
+
+@pytest.mark.parametrize("damage", ["garbage", "missing"])
+def test_a_damaged_manifest_is_damage_not_a_pre_manifest_checkpoint(tiny_checkpoints, tmp_path, damage):
+    from emdm_train.checkpoints import STATE_DIR, checkpoint_problem
+    from emdm_train.config import TrainConfig
+    from emdm_train.errors import TrainError
+    from emdm_train.trainer import train
+
+    common = _full_run(tiny_checkpoints, tmp_path)
+    newest = tmp_path / "run" / "checkpoint-2"
+    manifest = newest / STATE_DIR / "manifest.json"
+    if damage == "garbage":
+        manifest.write_text("{ not json")
+    else:
+        manifest.unlink()
+    problem = checkpoint_problem(newest)
+    assert problem and ("damaged" in problem)
+    with pytest.raises(TrainError) as err:  # named explicitly: refused in one line
+        train(TrainConfig(max_steps=3, resume=str(newest), **{k: v for k, v in common.items()}))
+    assert "damaged" in _one_line(err.value)
+    # a checkpoint written before manifests existed (its state says nothing of one) is still accepted
+    state = newest / STATE_DIR / "state.json"
+    import json
+
+    record = json.loads(state.read_text())
+    record.pop("manifest")
+    state.write_text(json.dumps(record))
+    if manifest.exists():
+        manifest.unlink()
+    assert checkpoint_problem(newest) is None
+
+
+def test_a_garbage_scheduler_state_is_a_one_line_error(tiny_checkpoints, tmp_path):
+    import json
+
+    from emdm_train.checkpoints import STATE_DIR
+    from emdm_train.config import TrainConfig
+    from emdm_train.errors import TrainError
+    from emdm_train.trainer import train
+
+    common = _full_run(tiny_checkpoints, tmp_path)
+    newest = tmp_path / "run" / "checkpoint-2"
+    (newest / STATE_DIR / "manifest.json").unlink()  # a pre-manifest checkpoint: nothing verifies the file
+    state = newest / STATE_DIR / "state.json"
+    record = json.loads(state.read_text())
+    record.pop("manifest")
+    state.write_text(json.dumps(record))
+    (newest / STATE_DIR / "scheduler.pt").write_bytes(b"garbage")
+    with pytest.raises(TrainError) as err:
+        train(TrainConfig(max_steps=3, resume=str(newest), **common))
+    assert "cannot be read" in _one_line(err.value)
