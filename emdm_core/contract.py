@@ -95,6 +95,9 @@ class ModelContract:
     # the family's own forward passes (encoder-decoder families): (canvas, config) -> Forward; None: emdm's
     own_forward: Callable[[Any, Any], Forward] | None = None
     sampler_defaults: Mapping[str, Any] = field(default_factory=dict)  # its own decoding, when none is named
+    # {sampler: {option: value}} the checkpoint's training implies (a surprise-masked model's order and temperature):
+    # the defaults of those options when that sampler decodes it
+    trained_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     eot_token_id: int | None = None  # the tokenizer's end-of-turn token (LLaDA's <|eot_id|>), if any
 
     @property

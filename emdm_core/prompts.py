@@ -54,6 +54,32 @@ def training_prompts(*directories: str | os.PathLike | None) -> TrainingPrompts 
     return None
 
 
+def training_sampler_options(*directories: str | os.PathLike | None) -> dict[str, dict[str, Any]]:
+    """{sampler: {option: value}} that a checkpoint's training recipe implies for decoding: a model trained with
+    `--masking surprise` decodes with `sampler=surprise` in the order and temperature it was trained for (the
+    recipe's `surprise_direction` / old `surprise_mask_first` / `masking_options`, defaults low_first and 1.0)."""
+    import yaml
+
+    for directory in directories:
+        if directory is None:
+            continue
+        path = Path(directory) / RECIPE_FILE
+        try:
+            if not path.is_file():
+                continue
+        except OSError:
+            continue
+        recipe = yaml.safe_load(path.read_text()) or {}
+        if recipe.get("masking") != "surprise":
+            return {}
+        options = recipe.get("masking_options") or {}
+        old = {"high": "low_first", "low": "high_first"}.get(str(recipe.get("surprise_mask_first")))
+        direction = options.get("direction") or recipe.get("surprise_direction") or old or "low_first"
+        temperature = options.get("temperature") or recipe.get("surprise_temperature") or 1.0
+        return {"surprise": {"surprise_direction": str(direction), "surprise_temperature": float(temperature)}}
+    return {}
+
+
 def read_chat_template(value: str) -> str:
     """A Jinja chat template given as a file path or as the template itself (`--chat-template`,
     `chat_template=`)."""

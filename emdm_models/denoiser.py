@@ -34,6 +34,7 @@ class Denoiser:
     noise = "mask"
     noise_vocabulary: torch.Tensor | None = None
     training_problem: str | None = None  # why emdm_train cannot train this family (None: it can)
+    trained_options: dict[str, dict[str, Any]] = {}  # set by load_denoiser from the checkpoint's training recipe
 
     @property
     def contract(self) -> ModelContract:
@@ -41,7 +42,7 @@ class Denoiser:
         more capabilities (KV caches, block-causal attention, its own forward) extends its parent's."""
         return ModelContract(family=self.name, noise=self.noise, noise_vocabulary=self.noise_vocabulary,
                              sampler_defaults=self.sampler_defaults(), eot_token_id=self.eot_token_id,
-                             surprise_table=self.surprise is not None)
+                             surprise_table=self.surprise is not None, trained_options=dict(self.trained_options))
 
     @property
     def eot_token_id(self) -> int | None:

@@ -278,6 +278,9 @@ def load_denoiser(pretrained: str | os.PathLike, adapter: str | None = None, dev
     den = cls(model, tok, mask_id, eos, pad, max_length_of(config, tok, max_length), path=path,
               surprise=surprise if surprise is not None else load_surprise(path))
     apply_noise(den, os.path.expanduser(str(peft)) if peft else path)
+    from emdm_core.prompts import training_sampler_options
+
+    den.trained_options = training_sampler_options(os.path.expanduser(str(peft)) if peft else None, path)
     return den
 
 

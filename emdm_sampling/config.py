@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar, Mapping
@@ -150,8 +151,21 @@ class SamplerConfig:
     def for_denoiser(cls, denoiser: Any, **given: Any) -> "SamplerConfig":
         """`from_kwargs(**given)` over the model family's own decoding (`contract.sampler_defaults`, e.g.
         DiffusionGemma's entropy-bound sampler) when `given` names no sampler; emdm's defaults otherwise."""
-        defaults = dict(denoiser.contract.sampler_defaults) if "sampler" not in given else {}
-        return cls.from_kwargs(**{**defaults, **given})
+        contract = denoiser.contract
+        defaults = dict(contract.sampler_defaults) if "sampler" not in given else {}
+        return cls.from_kwargs(**{**defaults, **given}).with_trained_options(contract, set(given))
+
+    def with_trained_options(self, contract: Any, given: set[str]) -> "SamplerConfig":
+        """The options the checkpoint's training implies for this sampler (`contract.trained_options`: a
+        surprise-masked model's order and temperature) where the user gave none; a given one that differs wins,
+        with a warning saying what the model was trained for."""
+        trained = dict(contract.trained_options.get(self.sampler, {}))
+        for name in [n for n in trained if n in given]:
+            value = trained.pop(name)
+            if str(self.options.get(name)) != str(value):
+                warnings.warn(f"{name}={self.options.get(name)} overrides the checkpoint's training, which used "
+                              f"{name}={value}", stacklevel=3)
+        return self.replace(**trained) if trained else self
 
     def replace(self, **kwargs: Any) -> "SamplerConfig":
         """A copy with some shared fields and strategy options changed (strings converted to their types).

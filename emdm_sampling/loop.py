@@ -34,7 +34,7 @@ def generate(denoiser: Denoiser, prompts: Sequence[Sequence[int]] | torch.Tensor
     every step; `record=True` a `DecodeRecord` (each step's decisions with their log-probabilities).
     """
     if config is None:
-        config = SamplerConfig.from_kwargs(**kwargs)
+        config = SamplerConfig.from_kwargs(**kwargs).with_trained_options(denoiser.contract, set(kwargs))
     elif kwargs:
         raise ConfigError(f"pass either config or keyword options, not both (got {', '.join(kwargs)})")
     plan = config if isinstance(config, DecodePlan) else plan_decoding(config, denoiser.contract)

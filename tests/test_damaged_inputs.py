@@ -182,3 +182,31 @@ def test_a_garbage_scheduler_state_is_a_one_line_error(tiny_checkpoints, tmp_pat
     with pytest.raises(TrainError) as err:
         train(TrainConfig(max_steps=3, resume=str(newest), **common))
     assert "cannot be read" in _one_line(err.value)
+
+
+def test_a_surprise_masked_model_decodes_in_the_order_it_was_trained_for(tiny_checkpoints, tmp_path):
+    """Issue 26, item 5: the training recipe's surprise options are the surprise sampler's defaults; an explicit
+    option still wins, with a warning naming what the model was trained for."""
+    import torch
+
+    from emdm_sampling import SamplerConfig, generate
+
+    path = _copy(tiny_checkpoints["bert"], tmp_path / "surprise-trained")
+    (path / "emdm_train_config.yaml").write_text("masking: surprise\nsurprise_direction: low_first\n"
+                                                  "masking_options: {temperature: 0.5}\n")
+    den = load_denoiser(path)
+    den.surprise = torch.rand(den.vocab_size, generator=torch.Generator().manual_seed(0)) * 30
+    assert den.contract.trained_options == {"surprise": {"surprise_direction": "low_first",
+                                                         "surprise_temperature": 0.5}}
+    config = SamplerConfig.for_denoiser(den, sampler="surprise")
+    assert dict(config.options) == {"surprise_direction": "low_first", "surprise_temperature": 0.5}
+    prompt = [den.tokenizer("the capital of france is", add_special_tokens=False)["input_ids"]]
+    kw = dict(steps=12, gen_length=12, seed=1, trace=True, temperature=1.0)
+    implied = generate(den, prompt, sampler="surprise", **kw)
+    explicit = generate(den, prompt, sampler="surprise", surprise_direction="low_first", surprise_temperature=0.5,
+                        **kw)
+    assert implied.trace.order(0) == explicit.trace.order(0)
+    with pytest.warns(UserWarning, match="overrides the checkpoint's training, which used surprise_direction=low"):
+        other = generate(den, prompt, sampler="surprise", surprise_direction="high_first", **kw)
+    assert other.trace.order(0) != implied.trace.order(0)
+    assert dict(SamplerConfig.for_denoiser(den, sampler="margin").options) == {}  # other samplers: untouched
