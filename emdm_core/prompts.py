@@ -25,6 +25,32 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str], separator: str | None
     return [list(p) + sep for p in ids]
 
 
+def bos_id(tokenizer: Any) -> int | None:
+    """The id lm-eval's convention puts in front of a prompt: the tokenizer's BOS, else its CLS, else None."""
+    for name in ("bos_token_id", "cls_token_id"):
+        tid = getattr(tokenizer, name, None)
+        if tid is not None:
+            return int(tid)
+    return None
+
+
+def prompt_ids(tokenizer: Any, text: str, prompt_format: str = "auto", recorded: "TrainingPrompts | None" = None,
+               add_bos: bool = True) -> list[int]:
+    """A generation prompt's ids, the same for every entry point (`python -m emdm_sampling`, lm-eval): `tokenizer`
+    encodes it as emdm_train built a checkpoint's prompt/response rows (`recorded`: its recipe), `bos` with the
+    BOS (or CLS) id in front (lm-eval's convention; `add_bos=False`: the text's ids alone); `auto` is `tokenizer`
+    for a checkpoint fine-tuned on prompt/response rows, else `bos`."""
+    if prompt_format == "auto":
+        prompt_format = "tokenizer" if recorded is not None else "bos"
+    if prompt_format == "tokenizer":
+        return encode_prompts(tokenizer, [text], recorded.separator if recorded is not None else None)[0]
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    bos = bos_id(tokenizer)
+    if not add_bos or bos is None or ids[:1] == [bos]:
+        return ids
+    return [bos] + ids
+
+
 @dataclass(frozen=True)
 class TrainingPrompts:
     """How the prompts of a checkpoint's fine-tuning data were encoded (from its recipe)."""

@@ -34,7 +34,7 @@ from emdm_core.errors import ConfigError, InputTooLongError
 from emdm_core.launch import relaunch_on_cpu, requested_cpu_processes
 from emdm_core.seeds import stable_seed
 from emdm_core.typed import at_least, option
-from emdm_core.prompts import encode_prompts, read_chat_template, training_prompts
+from emdm_core.prompts import bos_id, encode_prompts, prompt_ids, read_chat_template, training_prompts
 from emdm_models.loading import load_denoiser, resolve_embedded
 from emdm_sampling import DecodePlan, SamplerConfig, generate, plan_decoding
 
@@ -232,12 +232,12 @@ class EMDMLM(TemplateLM):
         self._set_sampler(self.config_class.for_denoiser(self.denoiser, **sampler_kwargs))
         if args.chat_template:
             self.tokenizer.chat_template = read_chat_template(str(args.chat_template))
-        self._bos = self._find_bos()
+        self._bos = bos_id(self.tokenizer)
         recorded = training_prompts(self.peft, resolve_embedded(self.pretrained))
         self.prompt_format = args.prompt_format
         if self.prompt_format == "auto":
             self.prompt_format = "tokenizer" if recorded is not None else "bos"
-        self._separator = recorded.separator if recorded is not None else None
+        self._recorded, self._separator = recorded, (recorded.separator if recorded is not None else None)
         eos = self.denoiser.eos_token_id
         self._eos_str = (self.tokenizer.decode([eos], skip_special_tokens=False)
                          if eos is not None and eos < len(self.tokenizer) else None)
@@ -278,13 +278,6 @@ class EMDMLM(TemplateLM):
         self.plan = plan_decoding(config, self.denoiser.contract)
         self._request_plans: dict[str, tuple[DecodePlan, list[str]]] = {}
 
-    def _find_bos(self) -> int | None:
-        tok = self.tokenizer
-        for name in ("bos_token_id", "cls_token_id"):
-            tid = getattr(tok, name, None)
-            if tid is not None:
-                return int(tid)
-        return None
 
     # --- properties lm-eval uses -------------------------------------------------------------------------------
     @property
@@ -338,11 +331,10 @@ class EMDMLM(TemplateLM):
         return ids if ids[:1] == [self._bos] else [self._bos] + ids
 
     def encode_prompt(self, context: str) -> list[int]:
-        """A generation prompt's ids under `prompt_format`: as emdm_train built the checkpoint's prompt/response
-        rows (`tokenizer`), or with lm-eval's BOS convention (`bos`)."""
-        if self.prompt_format == "tokenizer":
-            return encode_prompts(self.tokenizer, [context], self._separator)[0]
-        return self.tok_encode(context)
+        """A generation prompt's ids under `prompt_format` (`emdm_core.prompts.prompt_ids`, which
+        `python -m emdm_sampling` uses too): as emdm_train built the checkpoint's prompt/response rows
+        (`tokenizer`), or with lm-eval's BOS convention (`bos`)."""
+        return prompt_ids(self.tokenizer, context, self.prompt_format, self._recorded, self.add_bos_token)
 
     def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         if self.prompt_format != "tokenizer":

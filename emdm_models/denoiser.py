@@ -35,6 +35,7 @@ class Denoiser:
     noise_vocabulary: torch.Tensor | None = None
     training_problem: str | None = None  # why emdm_train cannot train this family (None: it can)
     trained_options: dict[str, dict[str, Any]] = {}  # set by load_denoiser from the checkpoint's training recipe
+    recipe_dirs: tuple[str, ...] = ()  # where its emdm_train recipe may be (a LoRA adapter's folder, then the base)
 
     @property
     def contract(self) -> ModelContract:

@@ -280,7 +280,8 @@ def load_denoiser(pretrained: str | os.PathLike, adapter: str | None = None, dev
     apply_noise(den, os.path.expanduser(str(peft)) if peft else path)
     from emdm_core.prompts import training_sampler_options
 
-    den.trained_options = training_sampler_options(os.path.expanduser(str(peft)) if peft else None, path)
+    den.recipe_dirs = tuple(d for d in (os.path.expanduser(str(peft)) if peft else None, path) if d)
+    den.trained_options = training_sampler_options(*den.recipe_dirs)
     return den
 
 

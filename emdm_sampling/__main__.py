@@ -41,6 +41,10 @@ def build_parser(config_class: type = SamplerConfig) -> argparse.ArgumentParser:
     model.add_argument("--trust-remote-code", action="store_true", help="allow checkpoints' own model code")
     out = p.add_argument_group("output")
     out.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    out.add_argument("--prompt-format", default="auto", choices=("auto", "bos", "tokenizer", "raw"),
+                     help="how a prompt becomes ids, as lm-eval's prompt_format: auto (as emdm_train encoded the "
+                          "checkpoint's prompt/response rows when it was fine-tuned on them, else bos), bos (the "
+                          "BOS/CLS id in front), tokenizer (the tokenizer's special tokens), raw (the text's ids)")
     out.add_argument("--animate", action="store_true", help="replay the decoding step by step in the terminal")
     out.add_argument("--delay", type=float, default=0.15, help="seconds per frame with --animate")
     out.add_argument("--trace-json", help="write the per-step trace to this JSON file")
@@ -94,7 +98,7 @@ def _run(argv: Sequence[str] | None) -> int:
         prompts = [list(tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
                                                 tokenize=True, return_dict=False)) for t in texts]
     else:
-        prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        prompts = encode_cli_prompts(den, texts, args.prompt_format)
     start = time.perf_counter()
     out = generate(den, prompts, config, trace=args.animate or bool(args.trace_json))
     elapsed = time.perf_counter() - start
@@ -109,6 +113,16 @@ def _run(argv: Sequence[str] | None) -> int:
         with open(args.trace_json, "w") as fh:
             json.dump(out.trace.to_dict(), fh)
     return 0
+
+
+def encode_cli_prompts(den: Any, texts: list[str], prompt_format: str = "auto") -> list[list[int]]:
+    """The prompts' ids as lm-eval encodes them for this checkpoint (one builder: `emdm_core.prompts.prompt_ids`,
+    following the checkpoint's recorded recipe), so both entry points give the same text."""
+    from emdm_core.prompts import prompt_ids, training_prompts
+
+    recorded = training_prompts(*den.recipe_dirs)
+    fmt = "bos" if prompt_format == "raw" else prompt_format
+    return [prompt_ids(den.tokenizer, t, fmt, recorded, add_bos=prompt_format != "raw") for t in texts]
 
 
 def _animate(trace, tok, delay: float, rows: int) -> None:

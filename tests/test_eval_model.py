@@ -381,3 +381,26 @@ def test_emdm_eval_help_lists_the_emdm_arguments_samplers_and_tasks(capsys):
         assert f"  {name} " in text, name
     assert all(s in text for s in available_samplers()) and "sudoku_easy" in text and "_sudoku" not in text
     assert "  pretrained " in text and "  mc_num " in text
+
+
+def test_one_prompt_builder_for_the_sampling_cli_and_lm_eval(tiny_checkpoints, tmp_path, capsys):
+    """Issue 26, item 4: `python -m emdm_sampling` and `lm_eval --model emdm` encode a prompt the same way (the BOS
+    convention, or a fine-tuned checkpoint's recorded prompt/response layout), so they generate the same text."""
+    import shutil
+
+    from emdm_sampling.__main__ import encode_cli_prompts, main
+
+    tuned = tmp_path / "tuned"
+    shutil.copytree(tiny_checkpoints["bert"], tuned)
+    (tuned / "emdm_train_config.yaml").write_text("data_format: prompt_response\nseparator: ' ||'\n")
+    for path in (tiny_checkpoints["bert"], str(tuned)):
+        lm = EMDMLM(pretrained=path, sampler="margin", steps=6)
+        texts = ["the capital of france is", "one two"]
+        assert encode_cli_prompts(lm.denoiser, texts) == [lm.encode_prompt(t) for t in texts]
+        if path != str(tuned):  # lm-eval's BOS convention: [CLS] in front (the CLI used to leave it out)
+            assert lm.encode_prompt(texts[0])[0] == lm.tokenizer.cls_token_id
+        assert main(["--pretrained", path, "--prompt", texts[0], "--steps", "6", "--gen-length", "6"]) == 0
+        cli_text = capsys.readouterr().out.splitlines()[0].split(" -> ", 1)[1]
+        (gen,) = lm.generate_until([gen_req(texts[0], until=[], max_gen_toks=6)])
+        assert lm.tokenizer.decode(lm.tokenizer(cli_text, add_special_tokens=False)["input_ids"],
+                                   skip_special_tokens=True).strip() == gen.strip()
