@@ -392,8 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pretrained", required=True, help="checkpoint directory (or Hub id / emdm:NAME)")
     ap.add_argument("--tasks", nargs="+", required=True, help="lm-eval task names (emdm's tasks are known)")
-    ap.add_argument("--samplers", nargs="+", default=["vanilla", "top_prob", "margin", "entropy"])
-    ap.add_argument("--steps", nargs="+", type=int, default=[10, 27, 50])
+    ap.add_argument("--samplers", nargs="+", default=["vanilla", "top_prob", "margin", "entropy"],
+                    help="registered samplers, the grid's first axis (default: %(default)s)")
+    ap.add_argument("--steps", nargs="+", type=int, default=[10, 27, 50],
+                    help="forward-pass budgets, the grid's second axis (default: %(default)s)")
     ap.add_argument("--option", action="append", metavar="K=V[,K=V]",
                     help="an extra option set on the grid's options axis (repeat for more), e.g. threshold=0.9")
     ap.add_argument("--no-baseline", action="store_true", help="leave the 'no options' set out of the grid")

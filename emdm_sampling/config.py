@@ -38,8 +38,8 @@ class SamplerConfig:
     """What to generate and how (immutable: derive variants with `replace`). See each field's help."""
 
     sampler: str = option("margin", "a registered strategy (`available_samplers()`)", check=_known_sampler)
-    steps: int = option(64, "forward passes budgeted for the whole generation, split evenly over blocks",
-                        check=at_least(1))
+    steps: int = option(64, "forward passes budgeted for the whole generation, split evenly over blocks (the "
+                            "remainder to the first blocks; fewer steps than blocks is refused)", check=at_least(1))
     steps_per_block: int | None = option(None, "forward passes per block instead of `steps` split over the blocks "
                                                "(DiffusionGemma's max_denoising_steps per canvas): the budget then "
                                                "grows with the generation length", check=at_least(1))
@@ -57,10 +57,12 @@ class SamplerConfig:
                                  "order of transformers' DiffusionGemma generate, to reproduce it token for token)",
                       choices=("counter", "torch"))
     schedule: str = option("linear", "tokens revealed per step: linear (LLaDA's split), cosine (MaskGIT's) or dream "
-                                     "(Dream's diffusion_generate)",
+                                     "(Dream's diffusion_generate); ordering strategies only",
                            check=_known_schedule)
     threshold: float | None = option(None, "parallel decoding: reveal every position whose proposal has p >= "
-                                           "threshold, at least the strategy's first choice, each step",
+                                           "threshold, at least the strategy's first choice, each step; a block "
+                                           "ends when it has no mask left (`steps` is then not used); ordering "
+                                           "strategies only",
                                      check=in_range(0.0, 1.0, low_open=True, hint=", or none for the schedule"))
     order_noise: float = option(0.0, "Gumbel noise on the ordering score: positions are ranked by score + c * Gumbel "
                                      "(Kim et al.'s coefficient; Dream's alg_temp = sampling the order from "
@@ -195,6 +197,16 @@ class SamplerConfig:
         from .strategies import get_sampler
 
         return name in cls.field_names() or name in get_sampler(sampler).options
+
+    @classmethod
+    def options_table(cls) -> str:
+        """The Markdown table of the shared options (name, default, meaning) from the fields and their help: the
+        README's table is this text (a test keeps them equal)."""
+        lines = ["| option | default | meaning |", "|---|---|---|"]
+        for f in typed.fields(cls):
+            help_text = f.metadata["help"].replace("|", "\\|")
+            lines.append(f"| `{f.name}` | `{f.default}` | {help_text} |")
+        return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict: the shared fields and the options (a stable description of the decoding)."""

@@ -188,3 +188,8 @@ def test_paired_rows_pair_samplers_at_the_same_setting_on_common_documents():
     assert md[0] == "## Paired comparisons (same documents)" and len(md) == 6 + len(rows) and "Holm" in md[2]
     assert md[8] == ("| t | solved | 50 | - | top_prob | margin | 5 | 2 | 1 | 2 | 0 | -0.200 [-0.856, +0.456] | 1.000 | "
                      "1.000 |")
+
+
+def test_ablation_help_has_no_blank_entries():
+    blank = [a.option_strings for a in A.build_parser()._actions if a.option_strings and not a.help]
+    assert not blank, blank

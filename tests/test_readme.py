@@ -31,3 +31,19 @@ def test_custom_strategy_example_registers(tmp_path):
 def test_ci_runs_the_readme_test_command():
     ci = (README.parent / ".ci" / "run").read_text()
     assert "test-command" in ci and "<!-- test-command -->" in README.read_text()
+
+
+def test_readme_option_table_is_the_configs_own():
+    """One source for the shared options: the README's table is `SamplerConfig.options_table()` (every field, its
+    default and its help), so README, `python -m emdm_sampling --help` and `emdm-eval --help` agree."""
+    from emdm_core import typed
+    from emdm_sampling import SamplerConfig
+    from emdm_sampling.__main__ import build_parser
+
+    text = README.read_text()
+    block = text.split("<!-- sampler-options:", 1)[1].split("-->", 1)[1].split("<!-- /sampler-options -->")[0]
+    assert block.strip() == SamplerConfig.options_table().strip()
+    help_text = " ".join(build_parser().format_help().split())
+    for f in typed.fields(SamplerConfig):
+        assert f"--{f.name.replace('_', '-')}" in help_text, f.name
+        assert " ".join(f.metadata["help"].split())[:40] in help_text, f.name
