@@ -646,5 +646,28 @@ class EMDMLM(TemplateLM):
         return info
 
 
+def _quiet_git_hash() -> str | None:
+    """lm-eval's `git_hash` of the working folder, without git's "fatal: not a git repository" on the terminal when
+    the folder is not a repository (lm-eval lets git's stderr through)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, timeout=10)
+        if done.returncode == 0:
+            return done.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    return get_commit_from_path(os.getcwd())
+
+
+def _quiet_lm_eval_git() -> None:
+    import lm_eval.evaluator
+
+    lm_eval.evaluator.get_git_commit_hash = _quiet_git_hash
+
+
 install_excepthook()
+_quiet_lm_eval_git()
 _register()  # imported directly (not through lm-eval's registry): make sure `emdm` is registered, built-ins first

@@ -404,3 +404,13 @@ def test_one_prompt_builder_for_the_sampling_cli_and_lm_eval(tiny_checkpoints, t
         (gen,) = lm.generate_until([gen_req(texts[0], until=[], max_gen_toks=6)])
         assert lm.tokenizer.decode(lm.tokenizer(cli_text, add_special_tokens=False)["input_ids"],
                                    skip_special_tokens=True).strip() == gen.strip()
+
+
+def test_lm_eval_git_hash_is_quiet_outside_a_repository(tmp_path, monkeypatch, capfd):
+    import lm_eval.evaluator
+
+    import emdm_eval.model  # noqa: F401  (installs the quiet git hash)
+
+    monkeypatch.chdir(tmp_path)
+    lm_eval.evaluator.get_git_commit_hash()
+    assert "fatal" not in capfd.readouterr().err
