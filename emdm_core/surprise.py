@@ -101,12 +101,12 @@ class SurpriseTable:
                            smoothing: float = 1.0, progress: bool = True, total: int | None = None,
                            desc: str = "counting tokens", metadata: dict[str, str] | None = None) -> "SurpriseTable":
         """Count ids with `torch.bincount` over batches (tensors, arrays or lists of id lists); ids < 0 are skipped."""
-        from tqdm.auto import tqdm
+        from .progress import progress_bar
 
         if vocab_size <= 0:
             raise SurpriseError(f"vocab_size must be > 0 (got {vocab_size})")
         counts = torch.zeros(vocab_size, dtype=torch.int64)
-        for batch in tqdm(batches, desc=desc, total=total, disable=not progress, unit="batch"):
+        for batch in progress_bar(batches, desc=desc, total=total, enabled=progress, unit="batch"):
             ids = _flatten_ids(batch)
             if ids.numel() == 0:
                 continue

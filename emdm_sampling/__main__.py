@@ -20,6 +20,8 @@ from emdm_core.cli import run_cli
 from emdm_core.errors import ConfigError
 
 from . import available_samplers, generate
+from emdm_core.progress import interactive
+
 from .config import SamplerConfig
 
 
@@ -100,7 +102,7 @@ def _run(argv: Sequence[str] | None) -> int:
     else:
         prompts = encode_cli_prompts(den, texts, args.prompt_format)
     start = time.perf_counter()
-    out = generate(den, prompts, config, trace=args.animate or bool(args.trace_json))
+    out = generate(den, prompts, config, trace=args.animate or bool(args.trace_json), progress=interactive())
     elapsed = time.perf_counter() - start
     if args.animate:
         _animate(out.trace, tok, args.delay, len(prompts))

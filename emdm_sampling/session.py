@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
-
 from emdm_core.contract import Forward, Logits
+from emdm_core.progress import progress_bar
 from emdm_models.denoiser import Denoiser
 
 from .canvas import BlockState, Canvas
@@ -103,7 +102,7 @@ class DecodeSession:
         n_blocks = int(self.blocks.n_blocks.max())
         budget = config.steps_per_block * n_blocks if config.steps_per_block else config.steps
         self.max_steps = int(self.fill.sum(1).max()) + budget + n_blocks + self.strategy.extra_steps() + 1
-        self.bar = tqdm(total=self.max_steps, desc=config.sampler, disable=not progress, leave=False)
+        self.bar = progress_bar(total=self.max_steps, desc=config.sampler, enabled=progress, leave=False)
 
     # === one pass ===
     def step(self) -> bool:

@@ -74,7 +74,7 @@ def tokenize_chat(ds: Any, tokenizer: Any, field: str, max_length: int, eos_id: 
                   progress: bool = False, desc: str = "tokenising") -> tuple[Any, dict[str, int]]:
     """TokenData of chat rows (column `field`): rows longer than `max_length` lose their end; rows without a
     trainable token left after that are dropped."""
-    from tqdm.auto import tqdm
+    from emdm_core.progress import progress_bar
 
     from .corpus import TokenData
 
@@ -82,7 +82,7 @@ def tokenize_chat(ds: Any, tokenizer: Any, field: str, max_length: int, eos_id: 
         raise DataError("--pad-with-eos needs an EOS token; this tokenizer has none")
     rows, flags = [], []
     truncated = dropped = 0
-    for r, messages in enumerate(tqdm(ds[field], desc=desc, disable=not progress, unit="row")):
+    for r, messages in enumerate(progress_bar(ds[field], desc=desc, enabled=progress, unit="row")):
         ids, trainable = render_conversation(tokenizer, messages, r)
         if len(ids) > max_length:
             ids, trainable = ids[:max_length], trainable[:max_length]

@@ -180,12 +180,12 @@ def _batches(ds: Any, columns: list[str], batch_size: int = 1000) -> Iterator[di
 def tokenize_text(ds: Any, tokenizer: Any, column: str, max_length: int, pack: bool, add_eos: bool,
                   progress: bool = False, desc: str = "tokenising") -> tuple[TokenData, dict[str, int]]:
     """Tokenise a text column; pack into `max_length` blocks or keep one (truncated) row per document."""
-    from tqdm.auto import tqdm
+    from emdm_core.progress import progress_bar
 
     end = eos_token_id(tokenizer) if add_eos else None
     docs: list[np.ndarray] = []
     truncated = not_text = 0
-    with tqdm(total=len(ds), desc=desc, disable=not progress, unit="doc") as bar:
+    with progress_bar(total=len(ds), desc=desc, enabled=progress, unit="doc") as bar:
         for rows in _batches(ds, [column]):
             not_text += sum(not isinstance(t, str) for t in rows[column])
             texts = [t for t in rows[column] if isinstance(t, str) and t.strip()]
@@ -219,7 +219,7 @@ def tokenize_prompt_response(ds: Any, tokenizer: Any, prompt_field: str, respons
                              desc: str = "tokenising", pad_with_eos: bool = False) -> tuple[TokenData, dict[str, int]]:
     """Tokenise prompt/response rows: prompt (with the tokenizer's special tokens) + separator + response + EOS
     (`pad_with_eos`: EOS up to `max_length`, LLaDA's SFT rows)."""
-    from tqdm.auto import tqdm
+    from emdm_core.progress import progress_bar
 
     end = eos_token_id(tokenizer) if add_eos or pad_with_eos else None
     if pad_with_eos and end is None:
@@ -227,7 +227,7 @@ def tokenize_prompt_response(ds: Any, tokenizer: Any, prompt_field: str, respons
     rows_out: list[np.ndarray] = []
     prompt_lens: list[int] = []
     truncated = dropped = 0
-    with tqdm(total=len(ds), desc=desc, disable=not progress, unit="row") as bar:
+    with progress_bar(total=len(ds), desc=desc, enabled=progress, unit="row") as bar:
         for rows in _batches(ds, [prompt_field, response_field]):
             prompts = ["" if p is None else str(p) for p in rows[prompt_field]]
             responses = ["" if r is None else str(r) for r in rows[response_field]]

@@ -719,7 +719,7 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """Train to `max_steps`, with evaluation, logging and checkpoints; return where the model is."""
-        from tqdm.auto import tqdm
+        from emdm_core.progress import progress_bar
 
         # === 1. set-up: model, data, schedules, optimizer; the state to resume from ===
         cfg = self.cfg
@@ -742,8 +742,8 @@ class Trainer:
         if start == 0 and run.data.val is not None:
             self._evaluate_and_log(run, state, 0)
 
-        state.bar = tqdm(total=run.max_steps, initial=start, desc="training", unit="step", dynamic_ncols=True,
-                         disable=not (self.main and cfg.progress))
+        state.bar = progress_bar(total=run.max_steps, initial=start, desc="training", unit="step",
+                                 dynamic_ncols=True, enabled=self.main and cfg.progress)
         state.window.reset()
         deadline = time.perf_counter() + 60 * cfg.max_minutes if cfg.max_minutes else None
         final_step = max(start, run.max_steps)

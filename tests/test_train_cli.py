@@ -223,3 +223,16 @@ def test_real_cli_prints_one_line_and_no_traceback(tiny, tmp_path):
     assert proc.stderr.startswith("error: --surprise-temperature must be > 0")
     helped = cli(["--help"])
     assert helped.returncode == 0 and "--surprise-temperature" in helped.stdout and "--resume" in helped.stdout
+
+
+def test_a_log_file_gets_log_lines_not_progress_bar_refreshes(demo_training_setup, tmp_path):
+    """Issue 26, item 7: with stderr not a terminal (a log file, a pipe) the training shows its periodic log lines
+    and no progress-bar refreshes (tqdm writes each one as a line there: 408 lines for 300 steps)."""
+    setup = demo_training_setup(tmp_path, "bert")
+    proc = subprocess.run([sys.executable, "-m", "emdm_train", "--model", setup["model"], "--data", setup["data"],
+                           "--output", str(tmp_path / "run"), "--max-steps", "40", "--log-every", "20",
+                           "--eval-every", "0", "--save-every", "0", "--batch-size", "4", "--max-length", "16",
+                           "--report-to", "none"], capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "\r" not in proc.stderr and "training:" not in proc.stderr
+    assert "step 20/40" in proc.stdout and "step 40/40" in proc.stdout
