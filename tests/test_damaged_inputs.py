@@ -210,3 +210,14 @@ def test_a_surprise_masked_model_decodes_in_the_order_it_was_trained_for(tiny_ch
         other = generate(den, prompt, sampler="surprise", surprise_direction="high_first", **kw)
     assert other.trace.order(0) != implied.trace.order(0)
     assert dict(SamplerConfig.for_denoiser(den, sampler="margin").options) == {}  # other samplers: untouched
+
+
+def test_a_config_declaring_more_layers_than_the_weights_hold_is_refused(tiny_checkpoints, tmp_path):
+    import json
+
+    path = _copy(tiny_checkpoints["bert"], tmp_path / "bert-3-layers")
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": config["num_hidden_layers"] + 1}))
+    with pytest.raises(CheckpointError) as err:
+        load_denoiser(path)
+    assert "not in its weight file" in _one_line(err.value)
