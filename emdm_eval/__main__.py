@@ -52,13 +52,14 @@ def check_model_args(argv: Sequence[str]) -> None:
         return
     from lm_eval.utils import simple_parse_args_string
 
-    from emdm_models.loading import read_config
+    from emdm_models.loading import peft_base, read_config
 
     from .model import parse_model_args
 
     args, _sampler_kwargs = parse_model_args(simple_parse_args_string(_flag(argv, "--model_args") or ""))
     check_output_path(_flag(argv, "--output_path"))
-    read_config(str(args.pretrained), args.trust_remote_code or "--trust_remote_code" in argv)
+    pretrained = peft_base(str(args.pretrained)) or str(args.pretrained)  # a LoRA output: its base's config
+    read_config(pretrained, args.trust_remote_code or "--trust_remote_code" in argv)
 
 
 def check_output_path(path: str | None) -> None:

@@ -86,8 +86,15 @@ def wrap(model: torch.nn.Module, cfg: Any, family: Any, base: str, resume_dir: P
                                    f"adapter_config.json); resume it without --lora, or start the LoRA run in a new "
                                    f"--output")
         return peft.PeftModel.from_pretrained(model, str(resume_dir), is_trainable=True)
+    targets = target_modules(cfg, family)
+    if isinstance(targets, list):  # every name must adapt something (a misspelled one would be dropped silently)
+        present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        unknown = [t for t in targets if t not in present]
+        if unknown and cfg.lora_target_modules:
+            raise TrainConfigError(f"--lora-target-modules: {', '.join(unknown)} name no layer of the model; its "
+                                   f"linear layers include {', '.join(sorted(_linear_names(model))[:12])}")
     config = peft.LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                             target_modules=target_modules(cfg, family), bias="none")
+                             target_modules=targets, bias="none")
     try:
         wrapped = peft.get_peft_model(model, config)
     except ValueError as exc:
@@ -95,6 +102,11 @@ def wrap(model: torch.nn.Module, cfg: Any, family: Any, base: str, resume_dir: P
                                f"model (e.g. q_proj,v_proj) or all-linear") from None
     wrapped.peft_config["default"].base_model_name_or_path = base
     return wrapped
+
+
+def _linear_names(model: torch.nn.Module) -> set[str]:
+    """The last name part of every linear layer (what --lora-target-modules takes)."""
+    return {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
 
 
 def base_reference(model_source: str) -> str:

@@ -221,3 +221,11 @@ def test_a_config_declaring_more_layers_than_the_weights_hold_is_refused(tiny_ch
     with pytest.raises(CheckpointError) as err:
         load_denoiser(path)
     assert "not in its weight file" in _one_line(err.value)
+
+
+def test_emdm_eval_accepts_a_lora_output_as_pretrained(tiny_checkpoints, tmp_path):
+    from emdm_eval.__main__ import check_model_args
+
+    adapter = _adapter(tiny_checkpoints["bert"], tmp_path / "lora-out", ["query", "value"])
+    check_model_args(["--model", "emdm", "--model_args", f"pretrained={adapter}", "--tasks", "x"])  # no error
+    assert load_denoiser(adapter).path == str(tiny_checkpoints["bert"])

@@ -149,6 +149,11 @@ def test_lora_option_errors_are_one_line(base, tmp_path):
     proc = cli(["--model", base["model"], "--data", base["data"], "--output", str(tmp_path / "z"), "--max-steps",
                 "2", "--lora", "--lora-target-modules", "no_such_layer", "--no-progress", "--report-to", "none"])
     assert proc.returncode == 2 and "--lora-target-modules" in proc.stderr.strip().splitlines()[-1]
+    proc = cli(["--model", base["model"], "--data", base["data"], "--output", str(tmp_path / "w"), "--max-steps",
+                "2", "--lora", "--lora-target-modules", "q_proj,no_such_layer", "--no-progress", "--report-to",
+                "none"])  # one good name, one misspelled: refused, not silently dropped
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "no_such_layer name no layer" in last and "q_proj" in last
 
 
 @pytest.mark.parametrize("family", ["llada", "bert", "sudoku"])
