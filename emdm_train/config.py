@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,8 +165,9 @@ class TrainConfig:
     noise_weight_range: tuple[float, ...] | None = _opt(None, "--noise uniform: draw the noise weight w ~ U(lo, hi) "
                                                          "per row (the seed's 0.25,0.5) instead of from t ~ U(t_min, "
                                                          "t_max) with alpha_t = 1 - t", "noise",
-                                                         check=lambda v: None if len(v) == 2 else
-                                                         "must be two numbers lo,hi")
+                                                         check=lambda v: "must be two numbers lo,hi" if len(v) != 2
+                                                         else None if 0 < v[0] <= v[1] <= 1 else
+                                                         "must satisfy 0 < lo <= hi <= 1; e.g. 0.25,0.5 (the seed's)")
     soft_token_steps: int = _opt(0, "--noise uniform: Duo's curriculum: for the first N steps the model reads soft "
                                  "tokens softmax(latent / tau) instead of the argmax, tau falling linearly from "
                                  "--soft-token-temperature to 0", "noise", check=at_least(0))
@@ -378,7 +381,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """Parse the command line (with an optional --config recipe) into a validated `TrainConfig`."""
-    args = vars(build_parser().parse_args(argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # a value that starts with a minus and a digit ("--noise-weight-range -1,2") is a value, not a flag: argparse
+    # only takes plain negative numbers, so attach such values to their flag
+    joined: list[str] = []
+    for token in argv:
+        if joined and joined[-1].startswith("--") and "=" not in joined[-1] and re.match(r"^-\d", token):
+            joined[-1] = f"{joined[-1]}={token}"
+        else:
+            joined.append(token)
+    args = vars(build_parser().parse_args(joined))
     recipe_path = args.pop("config", None)
     values: dict[str, Any] = {}
     if recipe_path:

@@ -236,3 +236,15 @@ def test_a_log_file_gets_log_lines_not_progress_bar_refreshes(demo_training_setu
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "\r" not in proc.stderr and "training:" not in proc.stderr
     assert "step 20/40" in proc.stdout and "step 40/40" in proc.stdout
+
+
+def test_a_negative_value_after_a_flag_is_a_value():
+    """`--noise-weight-range -1,2` reaches the option's own check (one line naming the range), not argparse's
+    "expected one argument"."""
+    from emdm_train.config import parse_args
+    from emdm_train.errors import TrainConfigError
+
+    with pytest.raises(TrainConfigError) as err:
+        parse_args(["--model", "m", "--data", "d", "--output", "o", "--max-steps", "2", "--noise", "uniform",
+                    "--noise-weight-range", "-1,2"])
+    assert "noise-weight-range" in str(err.value) and "\n" not in str(err.value)
