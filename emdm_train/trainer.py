@@ -258,6 +258,8 @@ class Trainer:
                     (out / name).unlink(missing_ok=True)
             elif resume_dir is not None:
                 self._truncate_log(int(json.loads((resume_dir / STATE_DIR / "state.json").read_text())["step"]))
+            elif cfg.resume:  # killed before its first checkpoint: the run starts over, and so does its log
+                (out / LOG_FILE).unlink(missing_ok=True)
         self.acc.wait_for_everyone()
         return resume_dir
 
@@ -547,7 +549,7 @@ class Trainer:
             return
         old = yaml.safe_load(path.read_text()) or {}
         keys = ("masking", "noise", "soft_token_steps", "batch_size", "learning_rate", "seed", "max_length", "data",
-                "lr_scheduler", "warmup_steps")
+                "lr_scheduler", "warmup_steps", "lora", "lora_rank", "lora_alpha", "lora_target_modules")
         changed = [f"{k} {old[k]!r} -> {getattr(self.cfg, k)!r}" for k in keys
                    if k in old and old[k] != getattr(self.cfg, k)]
         try:

@@ -229,3 +229,24 @@ def test_emdm_eval_accepts_a_lora_output_as_pretrained(tiny_checkpoints, tmp_pat
     adapter = _adapter(tiny_checkpoints["bert"], tmp_path / "lora-out", ["query", "value"])
     check_model_args(["--model", "emdm", "--model_args", f"pretrained={adapter}", "--tasks", "x"])  # no error
     assert load_denoiser(adapter).path == str(tiny_checkpoints["bert"])
+
+
+def test_resume_without_a_checkpoint_starts_the_log_over(tiny_checkpoints, tmp_path):
+    """A run killed before its first checkpoint, resumed: it starts from step 0, and its log has each record once."""
+    import json
+
+    from emdm_train.config import TrainConfig
+    from emdm_train.trainer import train
+
+    data_file = tmp_path / "d.txt"
+    data_file.write_text("the cat sleeps on the mat .\n" * 40)
+    common = dict(model=tiny_checkpoints["bert"], data=str(data_file), output=str(tmp_path / "run"), progress=False,
+                  report_to="none", eval_every=0, batch_size=4, max_length=16, val_split=0.0, log_every=2,
+                  max_steps=4, save_every=0)
+    train(TrainConfig(**common))
+    for name in ("model.safetensors", "emdm_train_state"):  # as if killed before anything was saved
+        target = tmp_path / "run" / name
+        shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    train(TrainConfig(resume="latest", **common))
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert len(steps) == len(set(steps)) and steps == sorted(steps)
