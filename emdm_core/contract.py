@@ -57,6 +57,7 @@ class Forward(Protocol):
 
     full_passes: int  # passes over whole sequences (or that re-encoded a prefix)
     partial_passes: int  # cached passes over a window
+    full_rows: torch.Tensor  # [b] of the last call: the rows whose pass was a full one
 
     def __call__(self, rows: torch.Tensor, block_start: torch.Tensor, block_end: torch.Tensor,
                  refresh: torch.Tensor) -> list[tuple[torch.Tensor, Logits]]:

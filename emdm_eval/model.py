@@ -242,6 +242,7 @@ class EMDMLM(TemplateLM):
         self._eos_str = (self.tokenizer.decode([eos], skip_special_tokens=False)
                          if eos is not None and eos < len(self.tokenizer) else None)
         self._stats: dict[str, Counter] = defaultdict(Counter)
+        self._task_stats: dict[str, Counter] = defaultdict(Counter)  # generate_until, per task
         self._warned: set[str] = set()
         if self.rank == 0:
             eval_logger.info(f"emdm: {self._describe()}; seed {self.seed}; processes {self.world_size}")
@@ -578,14 +579,19 @@ class EMDMLM(TemplateLM):
         pbar = tqdm(total=len(requests), desc="emdm generate_until", disable=disable_tqdm or self.rank != 0)
         start, passes0 = time.perf_counter(), self.denoiser.forward_calls
         for chunk in batches.get_batched(n=bs):
+            batch_start = time.perf_counter()
             out = generate(self.denoiser, [r.prompt for r in chunk], chunk[0].plan,
                            seeds=[seeds[r.index] for r in chunk])
+            share = (time.perf_counter() - batch_start) / len(chunk)  # the batch's wall time, per request
             stats["row_forward_passes"] += sum(out.row_nfe)  # passes each request took part in
-            for req, gen in zip(chunk, out.generated):
+            for req, gen, passes, full in zip(chunk, out.generated, out.row_nfe, out.row_nfe_full):
                 text = postprocess_generated_text(self.tok_decode(gen), req.until, None)
                 results[req.index] = text
                 stats["generated_tokens"] += len(gen)
                 stats["empty"] += int(not text.strip())  # what the task scores: after EOS and the stop strings
+                task = self._task_stats[str(getattr(requests[req.index], "task_name", None) or "?")]
+                task.update({"requests": 1, "generated_tokens": len(gen), "row_passes": passes,
+                             "row_full_passes": full, "seconds": share})
                 self.cache_hook.add_partial("generate_until", requests[req.index].args, text)
             pbar.update(len(chunk))
         pbar.close()
@@ -593,6 +599,7 @@ class EMDMLM(TemplateLM):
         stats["forward_passes"] += self.denoiser.forward_calls - passes0
         stats["seconds"] += time.perf_counter() - start
         self._summary("generate_until")
+        self._gather_task_stats()
         return results  # type: ignore[return-value]
 
     # --- reporting ---------------------------------------------------------------------------------------------
@@ -623,6 +630,29 @@ class EMDMLM(TemplateLM):
             msg = (f"{int(tot['requests'])} requests, {int(tot['forward_passes'])} forward passes, "
                    f"{int(tot['scored_tokens'])} scored tokens in {secs:.1f}s, mc_num={self.mc_num}")
         eval_logger.info(f"emdm {kind}: {msg} (all {self.world_size} processes)")
+
+    def _gather_task_stats(self) -> None:
+        """Every process's per-task counts, merged on the first (a collective: every process calls it)."""
+        parts = self.gather_object(dict(self._task_stats)) if self.world_size > 1 else [dict(self._task_stats)]
+        merged: dict[str, Counter] = defaultdict(Counter)
+        for part in parts or []:
+            for name, counts in part.items():
+                merged[name].update(counts)
+        self._task_stats_all = merged
+
+    def task_speed(self) -> dict[str, dict[str, float]]:
+        """Per task (all processes): forward passes per item (full / cached), tokens per forward, generated tokens
+        and generation seconds, as Fast-dLLM and dInfer report them."""
+        out = {}
+        for name, c in getattr(self, "_task_stats_all", {}).items():
+            n, passes = max(c["requests"], 1), max(c["row_passes"], 1)
+            out[name] = {"forward_passes_per_item": c["row_passes"] / n,
+                         "full_passes_per_item": c["row_full_passes"] / n,
+                         "cached_passes_per_item": (c["row_passes"] - c["row_full_passes"]) / n,
+                         "tokens_per_forward": c["generated_tokens"] / passes,
+                         "generated_tokens": float(c["generated_tokens"]),
+                         "generation_seconds": round(float(c["seconds"]), 3)}
+        return out
 
     def get_model_info(self) -> dict:
         info: dict[str, Any] = {
@@ -662,10 +692,28 @@ def _quiet_git_hash() -> str | None:
     return get_commit_from_path(os.getcwd())
 
 
+def _add_task_speed(results: dict, lm: Any) -> None:
+    """lm-eval's `add_tokenizer_info(results, lm)`, then (for `--model emdm`) each generation task's speed in its
+    results and in the printed table: forward passes per item (full / cached), tokens per forward, tokens, seconds."""
+    _ADD_TOKENIZER_INFO(results, lm)
+    if isinstance(lm, EMDMLM):
+        for task, speed in lm.task_speed().items():
+            if task in results.get("results", {}):
+                results["results"][task].update({f"{k},none": v for k, v in speed.items()})
+
+
 def _quiet_lm_eval_git() -> None:
+    """Install emdm's wrappers in lm-eval's evaluator (the quiet git hash, the per-task speed)."""
+    global _ADD_TOKENIZER_INFO
     import lm_eval.evaluator
 
     lm_eval.evaluator.get_git_commit_hash = _quiet_git_hash
+    if lm_eval.evaluator.add_tokenizer_info is not _add_task_speed:
+        _ADD_TOKENIZER_INFO = lm_eval.evaluator.add_tokenizer_info
+        lm_eval.evaluator.add_tokenizer_info = _add_task_speed
+
+
+_ADD_TOKENIZER_INFO: Any = None
 
 
 install_excepthook()

@@ -42,6 +42,7 @@ class ModelForward:
         self.stored_upto = canvas.padding.clone()  # exact: columns before this hold final cached keys/values
         self.full_passes = 0
         self.partial_passes = 0
+        self.full_rows = torch.zeros(0, dtype=torch.bool)  # [b] of the last call: the rows that had a full pass
 
     def __call__(self, rows: torch.Tensor, block_start: torch.Tensor, block_end: torch.Tensor,
                  refresh: torch.Tensor) -> list[tuple[torch.Tensor, Logits]]:
@@ -50,6 +51,7 @@ class ModelForward:
         `refresh` [b] the rows that must see the whole sequence fresh (entering a block, or a strategy that needs
         logits outside the block)."""
         canvas = self.canvas
+        self.full_rows = torch.ones_like(refresh) if self.mode == "none" else refresh.clone()
         if self.mode == "none":
             self.full_passes += 1
             tokens, attention = canvas.tokens[rows], canvas.attention[rows]
@@ -108,6 +110,7 @@ class ModelForward:
         store = self._columns(start, end, stored, block_start)  # final, not yet cached: the blocks just finished
         values = self.denoiser.window_logits(tokens, attention, rows, start, end, self.cache, recompute, store)
         self.stored_upto[rows] = torch.maximum(stored, block_start)
+        self.full_rows = stored < block_start  # the rows whose finished blocks were cached by this pass
         if bool((stored < block_start).any()):
             self.full_passes += 1
         else:

@@ -20,3 +20,4 @@ class GenerationOutput:
     nfe_full: int = 0  # of `nfe`: passes over whole sequences (all of them without a cache)
     nfe_partial: int = 0  # of `nfe`: cached passes over a window (a block, or a block and what follows)
     record: DecodeRecord | None = None  # with `record=True`: every step's decisions and log-probabilities
+    row_nfe_full: list[int] | None = None  # of `row_nfe`: the passes each row took part in that were full ones

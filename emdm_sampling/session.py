@@ -77,6 +77,7 @@ class DecodeSession:
         self.trace = Trace([r[p:] for r, p in zip(canvas.tokens.tolist(), canvas.padding.tolist())],
                            den.mask_token_id) if trace else None
         self.row_nfe = torch.zeros(self.batch, dtype=torch.long, device=self.tokens.device)
+        self.row_nfe_full = torch.zeros_like(self.row_nfe)  # of row_nfe: the passes that were full ones
         self.record: DecodeRecord | None = None
         self.passes, self.max_steps = 0, 0
         self.forward: Forward | None = None
@@ -152,7 +153,9 @@ class DecodeSession:
         a block, refreshes its whole sequence under a cache)."""
         block_start, block_end = self.blocks.columns(self.in_block, self.canvas)
         beyond = (now.scored & ~now.block).any(1)
-        return self.forward(now.rows, block_start[now.rows], block_end[now.rows], now.entering | beyond)
+        passes = self.forward(now.rows, block_start[now.rows], block_end[now.rows], now.entering | beyond)
+        self.row_nfe_full[now.rows] += self.forward.full_rows.long()
+        return passes
 
     # --- proposals -------------------------------------------------------------------------------------------
     def _proposals(self, now: _Pass, passes: list[tuple[torch.Tensor, Logits]]) -> StepContext:
@@ -294,7 +297,7 @@ class DecodeSession:
         full = self.forward.full_passes if self.forward is not None else 0
         partial = self.forward.partial_passes if self.forward is not None else 0
         return GenerationOutput(seqs, gens, full + partial, self.row_nfe.tolist(), self.trace, full, partial,
-                                self.record)
+                                self.record, self.row_nfe_full.tolist())
 
 
 def _fill_after_eos(tokens: torch.Tensor, generated: torch.Tensor, eos: int, noisy: torch.Tensor) -> torch.Tensor:

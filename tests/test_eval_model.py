@@ -20,6 +20,8 @@ from emdm_core.seeds import stable_seed  # noqa: E402
 from emdm_eval.likelihood import draw_masks, elbo_loglikelihood, stratified_mask_counts  # noqa: E402
 from emdm_eval.model import EMDMLM  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
+
 TASKS = Path(__file__).resolve().parents[1] / "tasks" / "demo"
 
 
@@ -414,3 +416,23 @@ def test_lm_eval_git_hash_is_quiet_outside_a_repository(tmp_path, monkeypatch, c
     monkeypatch.chdir(tmp_path)
     lm_eval.evaluator.get_git_commit_hash()
     assert "fatal" not in capfd.readouterr().err
+
+
+def test_generation_speed_goes_into_each_tasks_results(tiny_checkpoints, tmp_path):
+    """Issue 23, item 3: per task, the results carry forward passes per item (full / cached), tokens per forward,
+    generated tokens and generation seconds (lm-eval prints them in its table too)."""
+    import lm_eval
+
+    import emdm_eval.model  # noqa: F401  (installs the results hook)
+
+    lm = EMDMLM(pretrained=tiny_checkpoints["llada"], sampler="margin", steps=8, block_length=4, cache="dual",
+                threshold=0.5)
+    out = lm_eval.simple_evaluate(model=lm, tasks=["emdm_demo_gen"], limit=3,
+                                  task_manager=lm_eval.tasks.TaskManager(include_path=str(ROOT / "tasks")))
+    got = out["results"]["emdm_demo_gen"]
+    passes = got["forward_passes_per_item,none"]
+    assert passes > 0 and got["full_passes_per_item,none"] + got["cached_passes_per_item,none"] == \
+        pytest.approx(passes)
+    assert got["cached_passes_per_item,none"] > 0  # the dual cache's windowed passes
+    assert got["tokens_per_forward,none"] == pytest.approx(got["generated_tokens,none"] / (3 * passes))
+    assert got["generation_seconds,none"] > 0

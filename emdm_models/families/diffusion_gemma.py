@@ -139,12 +139,14 @@ class CanvasForward:
         self.canvas_start[rows] = block_start
         width = self.canvas.tokens.shape[1] - self.canvas.start
         starts = set(block_start.tolist())
+        self.full_rows = torch.zeros_like(refresh)
         out = []
         for start in sorted(starts):
             index = (block_start == start).nonzero().flatten()
             group = rows[index]
             cache, encoded = self._prefix(group, start)
             logits = self._decode(group, start, cache)
+            self.full_rows[index] = encoded
             if encoded:
                 self.full_passes += 1
             else:
