@@ -59,9 +59,8 @@ class TrainingPrompts:
     recipe: Path
 
 
-def training_prompts(*directories: str | os.PathLike | None) -> TrainingPrompts | None:
-    """The prompt encoding recorded by `emdm_train` in the first of `directories` that holds a recipe, when that
-    run trained on prompt/response rows; None for any other checkpoint (text or chat data, or not emdm_train's)."""
+def training_recipe(*directories: str | os.PathLike | None) -> tuple[dict[str, Any], Path] | None:
+    """(the recipe, its path) `emdm_train` recorded in the first of `directories` that holds one, or None."""
     import yaml
 
     for directory in directories:
@@ -73,37 +72,32 @@ def training_prompts(*directories: str | os.PathLike | None) -> TrainingPrompts 
                 continue
         except OSError:  # a Hub id that is no valid path
             continue
-        recipe = yaml.safe_load(path.read_text()) or {}
-        if recipe.get("data_format") != "prompt_response":
-            return None
-        return TrainingPrompts(separator=recipe.get("separator"), recipe=path)
+        return yaml.safe_load(path.read_text()) or {}, path
     return None
+
+
+def training_prompts(*directories: str | os.PathLike | None) -> TrainingPrompts | None:
+    """The prompt encoding recorded by `emdm_train` in the first of `directories` that holds a recipe, when that
+    run trained on prompt/response rows; None for any other checkpoint (text or chat data, or not emdm_train's)."""
+    found = training_recipe(*directories)
+    if found is None or found[0].get("data_format") != "prompt_response":
+        return None
+    return TrainingPrompts(separator=found[0].get("separator"), recipe=found[1])
 
 
 def training_sampler_options(*directories: str | os.PathLike | None) -> dict[str, dict[str, Any]]:
     """{sampler: {option: value}} that a checkpoint's training recipe implies for decoding: a model trained with
     `--masking surprise` decodes with `sampler=surprise` in the order and temperature it was trained for (the
     recipe's `surprise_direction` / old `surprise_mask_first` / `masking_options`, defaults low_first and 1.0)."""
-    import yaml
-
-    for directory in directories:
-        if directory is None:
-            continue
-        path = Path(directory) / RECIPE_FILE
-        try:
-            if not path.is_file():
-                continue
-        except OSError:
-            continue
-        recipe = yaml.safe_load(path.read_text()) or {}
-        if recipe.get("masking") != "surprise":
-            return {}
-        options = recipe.get("masking_options") or {}
-        old = {"high": "low_first", "low": "high_first"}.get(str(recipe.get("surprise_mask_first")))
-        direction = options.get("direction") or recipe.get("surprise_direction") or old or "low_first"
-        temperature = options.get("temperature") or recipe.get("surprise_temperature") or 1.0
-        return {"surprise": {"surprise_direction": str(direction), "surprise_temperature": float(temperature)}}
-    return {}
+    found = training_recipe(*directories)
+    if found is None or found[0].get("masking") != "surprise":
+        return {}
+    recipe = found[0]
+    options = recipe.get("masking_options") or {}
+    old = {"high": "low_first", "low": "high_first"}.get(str(recipe.get("surprise_mask_first")))
+    direction = options.get("direction") or recipe.get("surprise_direction") or old or "low_first"
+    temperature = options.get("temperature") or recipe.get("surprise_temperature") or 1.0
+    return {"surprise": {"surprise_direction": str(direction), "surprise_temperature": float(temperature)}}
 
 
 def read_chat_template(value: str) -> str:
