@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# the per-task generation speed `--model emdm` adds to each task's lm-eval results (EMDMLM.task_speed)
+SPEED_METRICS = ("forward_passes_per_item", "full_passes_per_item", "cached_passes_per_item", "tokens_per_forward",
+                 "generated_tokens", "generation_seconds")
+
 __all__ = ["EMDMLM", "task_paths", "tasks_dir"]
 
 

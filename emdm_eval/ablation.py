@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import SPEED_METRICS
+
 CSV_NAME, MD_NAME, PNG_NAME = "results.csv", "results.md", "accuracy_vs_steps.png"
 KEY_COLUMNS = ["pretrained", "tasks", "limit", "seed", "model_args", "sampler", "steps", "options"]
 COST_COLUMNS = ["docs", "forward_passes", "passes_per_doc", "seconds", "docs_per_s", "wall_seconds"]
@@ -115,7 +117,7 @@ def flatten_results(results: dict, tasks: Sequence[str]) -> dict[str, float | No
             if "," not in key or key.split(",", 1)[0].endswith(STDERR):
                 continue
             name, filt = key.split(",", 1)
-            if _number(value) is None:
+            if _number(value) is None or name in SPEED_METRICS:  # costs: the grid's cost columns say them
                 continue
             col = f"{task}/{name}" + ("" if filt == "none" else f",{filt}")
             out[col] = _number(value)

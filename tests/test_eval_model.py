@@ -430,6 +430,9 @@ def test_generation_speed_goes_into_each_tasks_results(tiny_checkpoints, tmp_pat
     out = lm_eval.simple_evaluate(model=lm, tasks=["emdm_demo_gen"], limit=3,
                                   task_manager=lm_eval.tasks.TaskManager(include_path=str(ROOT / "tasks")))
     got = out["results"]["emdm_demo_gen"]
+    from emdm_eval import SPEED_METRICS
+
+    assert all(f"{name},none" in got for name in SPEED_METRICS)
     passes = got["forward_passes_per_item,none"]
     assert passes > 0 and got["full_passes_per_item,none"] + got["cached_passes_per_item,none"] == \
         pytest.approx(passes)
