@@ -34,7 +34,7 @@ from emdm_core.errors import ConfigError, InputTooLongError
 from emdm_core.launch import relaunch_on_cpu, requested_cpu_processes
 from emdm_core.seeds import stable_seed
 from emdm_core.typed import at_least, option
-from emdm_core.prompts import bos_id, encode_prompts, prompt_ids, read_chat_template, training_prompts
+from emdm_core.prompts import bos_id, prompt_ids, read_chat_template, training_prompts
 from emdm_models.loading import load_denoiser, resolve_embedded
 from emdm_sampling import DecodePlan, SamplerConfig, generate, plan_decoding
 
