@@ -40,7 +40,9 @@ EXTRA_VARIANTS = {  # strategies and shared options beyond the grid above
     "order_noise": dict(sampler="top_prob", steps=8, gen_length=8, order_noise=0.5, order_noise_decay="linear"),
     "topk_remask": dict(sampler="margin", steps=8, gen_length=8, topk_remask="cosine"),
     "eb_masked": dict(sampler="entropy_bound", steps=8, gen_length=8, entropy_bound=0.5),
-    "remdm_conf": dict(sampler="remdm", steps=8, gen_length=8, temperature=1.0, remdm_schedule="conf", eta=0.5),
+    # emdm's former `conf` schedule, kept as `conf_eta` (`conf` is now the reference's, which takes no eta)
+    "remdm_conf": dict(sampler="remdm", steps=8, gen_length=8, temperature=1.0, remdm_schedule="conf_eta",
+                       eta=0.5),
     "remdm_rescale": dict(sampler="remdm", steps=8, gen_length=8, block_length=4, temperature=1.0,
                           remdm_schedule="rescale", eta=0.5),
     "dream_schedule": dict(sampler="entropy", steps=8, gen_length=8, schedule="dream"),

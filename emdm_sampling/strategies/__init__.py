@@ -179,12 +179,10 @@ class StepContext:
         """Reveal the top-`k` eligible positions by `scores` (or, with a threshold, all confident ones). With
         `order_noise` c > 0 the ranking is by scores + c * Gumbel: the top-k is then a draw without replacement
         from softmax(scores / c) (how Dream's alg_temp and Kim et al.'s noisy ordering pick positions)."""
-        scores = self.with_order_noise(scores).masked_fill(~self.eligible, float("-inf"))
-        order = scores.argsort(dim=-1, descending=True, stable=True)
-        rank = order.argsort(dim=-1)
+        scores = self.with_order_noise(scores)
         if self.threshold is None:
-            return (rank < self.k.unsqueeze(-1)) & self.eligible
-        first = (rank == 0) & self.eligible
+            return top_k(scores, self.eligible, self.k)
+        first = (rank_among(scores, self.eligible) == 0) & self.eligible
         return ((self.p_x0 >= self.threshold) & self.eligible) | first
 
     def uniform(self, stream: str | int) -> torch.Tensor:

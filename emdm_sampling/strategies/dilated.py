@@ -17,7 +17,7 @@ def dilated_levels(length: int, base: int = 2, skip: int = 1) -> tuple[int, ...]
     """The level (the pass of the block that decodes it) of each of `length` block positions: stride
     length // base^skip first, then the stride divided by base each level, the leftovers last; a last level smaller
     than the one before joins it (DUS's `dilated_unmask_levels` + `merge_last_level`)."""
-    if base == 1:
+    if base == 1 or length == 0:
         return (0,) * length
     level = [-1] * length
     stride, current = length // base ** skip, 0
