@@ -351,11 +351,13 @@ def load_peft(model: torch.nn.Module, adapter_dir: str) -> torch.nn.Module:
 
 
 def _same_checkpoint(a: str, b: str) -> bool | None:
-    """Whether two checkpoint names are the same directory (None when either is not a local path)."""
+    """Whether two checkpoint names are the same: the same directory when both are local, different when only one
+    is, unknown (None) when neither is (two Hub ids)."""
     a, b = os.path.expanduser(str(a)), os.path.expanduser(str(b))
-    if not (os.path.exists(a) and os.path.exists(b)):
-        return None if not (os.path.exists(a) or os.path.exists(b)) else a.rstrip("/") == b.rstrip("/")
-    return os.path.samefile(a, b)
+    local_a, local_b = os.path.exists(a), os.path.exists(b)
+    if local_a and local_b:
+        return os.path.samefile(a, b)
+    return None if not (local_a or local_b) else False
 
 
 def load_surprise(path: str) -> torch.Tensor | None:
