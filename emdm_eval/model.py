@@ -271,6 +271,8 @@ class EMDMLM(TemplateLM):
             raise ConfigError(f"{', '.join(unknown)} are model arguments, set when the model is built")
         self._set_sampler(self.config_class.from_kwargs(**kwargs))
         self._stats = defaultdict(Counter)
+        self._task_stats = defaultdict(Counter)
+        self._task_stats_all = {}
 
     def _set_sampler(self, config: SamplerConfig) -> None:
         """The model's decoding: `config` checked against the model's contract (one `DecodePlan`); requests whose

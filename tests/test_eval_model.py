@@ -439,3 +439,11 @@ def test_generation_speed_goes_into_each_tasks_results(tiny_checkpoints, tmp_pat
     assert got["cached_passes_per_item,none"] > 0  # the dual cache's windowed passes
     assert got["tokens_per_forward,none"] == pytest.approx(got["generated_tokens,none"] / (3 * passes))
     assert got["generation_seconds,none"] > 0
+
+    # a sweep in one process (the ablation grid, benchmarks/accuracy_vs_passes.py): after configure_sampler each
+    # evaluation reports its own passes, not the sum over the settings before it
+    lm.configure_sampler(sampler="margin", steps=2, cache="none")
+    again = lm_eval.simple_evaluate(model=lm, tasks=["emdm_demo_gen"], limit=3,
+                                    task_manager=lm_eval.tasks.TaskManager(include_path=str(ROOT / "tasks")))
+    assert again["results"]["emdm_demo_gen"]["forward_passes_per_item,none"] == pytest.approx(2)
+    assert again["results"]["emdm_demo_gen"]["cached_passes_per_item,none"] == 0
