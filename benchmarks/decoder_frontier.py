@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from emdm_core.stats import holm, paired_counts  # noqa: E402
+from emdm_eval.frontier import frontier_rows, markdown, plot  # noqa: E402
 from emdm_eval.paired import OUTCOMES_NAME, point_key, read_outcomes  # noqa: E402
 
 
@@ -32,92 +31,27 @@ def _label(row: dict) -> str:
     return f"{row['sampler']}@{row['steps']}" + (f" {row['options']}" if row.get("options") else "")
 
 
-def frontier_rows(folder: Path, baseline: str, metric: str, task: str | None,
+def ablation_rows(folder: Path, baseline: str, metric: str, task: str | None,
                   tokens_per_doc: float | None) -> list[dict]:
-    """One row per grid point: accuracy, passes, tokens per forward, and the paired comparison with `baseline`."""
+    """One row per grid point of an ablation folder, paired with `baseline` (`emdm_eval.frontier.frontier_rows`)."""
     with (folder / "results.csv").open() as f:
         points = list(csv.DictReader(f))
-    outcomes = read_outcomes(folder / OUTCOMES_NAME)
+    table = read_outcomes(folder / OUTCOMES_NAME)
     base = [p for p in points if _label(p) == baseline]
     if not base:
         raise SystemExit(f"error: baseline {baseline!r} is not a point of {folder}; points: "
                          f"{', '.join(_label(p) for p in points)}")
-    base_docs = outcomes[point_key(base[0])]
-    task = task or next(iter(base_docs))
-    rows = []
+    task = task or next(iter(table[point_key(base[0])]))
+    outcomes, costs = {}, {}
     for point in points:
-        docs = outcomes.get(point_key(point), {}).get(task)
+        docs = table.get(point_key(point), {}).get(task)
         if not docs:
             continue
-        ids = sorted(set(docs) & set(base_docs[task]))
-        a = [int(docs[i][metric]) for i in ids]
-        b = [int(base_docs[task][i][metric]) for i in ids]
-        counts = paired_counts(a, b)
-        rate = sum(a) / len(a)
-        half = 1.959963984540054 * math.sqrt(rate * (1 - rate) / len(a))
-        diff, low, high = counts.difference()
         passes = float(point["passes_per_doc"])
-        rows.append({"point": _label(point), "n": len(ids), "accuracy": rate, "acc_low": rate - half,
-                     "acc_high": rate + half, "passes": passes,
-                     "tokens_per_forward": (tokens_per_doc / passes) if tokens_per_doc else None,
-                     "diff": diff, "diff_low": low, "diff_high": high,
-                     "p": counts.p_value if _label(point) != baseline else None,
-                     "baseline": _label(point) == baseline})
-    compared = [r for r in rows if not r["baseline"]]
-    for row, adjusted in zip(compared, holm([r["p"] for r in compared])):
-        row["p_holm"] = adjusted
-    return sorted(rows, key=lambda r: r["passes"])
-
-
-def pareto(rows: list[dict]) -> list[dict]:
-    """The points no other point beats on both accuracy (higher) and passes (fewer)."""
-    return [r for r in rows if not any(o["accuracy"] >= r["accuracy"] and o["passes"] <= r["passes"] and
-                                       (o["accuracy"], o["passes"]) != (r["accuracy"], r["passes"]) for o in rows)]
-
-
-def _p(value: float | None) -> str:
-    return "-" if value is None else (f"{value:.2g}" if value < 0.001 else f"{value:.3f}")
-
-
-def markdown(rows: list[dict], baseline: str, metric: str, title: str) -> str:
-    front = {r["point"] for r in pareto(rows)}
-    lines = [f"## {title}", "", f"Baseline: `{baseline}`. Paired on the same items; McNemar p exact, Holm p adjusted "
-             f"over the {sum(not r['baseline'] for r in rows)} comparisons with the baseline. Frontier: no other "
-             f"point is both at least as accurate and at most as many passes.", "",
-             f"| decoder | n | {metric} [95% CI] | passes / item | tokens / forward | vs baseline [95% CI] | McNemar p "
-             f"| Holm p | frontier |", "|---|---:|---:|---:|---:|---:|---:|---:|:---:|"]
-    for r in rows:
-        tpf = "-" if r["tokens_per_forward"] is None else f"{r['tokens_per_forward']:.1f}"
-        versus = "baseline" if r["baseline"] else f"{r['diff']:+.3f} [{r['diff_low']:+.3f}, {r['diff_high']:+.3f}]"
-        lines.append(f"| `{r['point']}` | {r['n']} | {r['accuracy']:.3f} [{r['acc_low']:.3f}, {r['acc_high']:.3f}] | "
-                     f"{r['passes']:.1f} | {tpf} | {versus} | {_p(r['p'])} | {_p(r.get('p_holm'))} | "
-                     f"{'yes' if r['point'] in front else ''} |")
-    return "\n".join(lines) + "\n"
-
-
-def plot(rows: list[dict], path: Path, metric: str, title: str) -> None:
-    import matplotlib
-    import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for r in rows:
-        ax.errorbar(r["passes"], r["accuracy"], yerr=[[r["accuracy"] - r["acc_low"]], [r["acc_high"] - r["accuracy"]]],
-                    fmt="o", color="black" if r["baseline"] else "tab:blue", capsize=2)
-        ax.annotate(r["point"], (r["passes"], r["accuracy"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    front = sorted(pareto(rows), key=lambda r: r["passes"])
-    ax.plot([r["passes"] for r in front], [r["accuracy"] for r in front], "--", color="tab:red", label="frontier")
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.set_xlabel("mean forward passes per item (log)")
-    ax.set_ylabel(metric)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        outcomes[_label(point)] = {i: d[metric] for i, d in docs.items()}
+        costs[_label(point)] = {"passes": passes, "tokens_per_forward": tokens_per_doc / passes if tokens_per_doc
+                                else None}
+    return frontier_rows(outcomes, costs, baseline)
 
 
 def main() -> int:
@@ -130,7 +64,7 @@ def main() -> int:
     ap.add_argument("--title", default="accuracy vs forward passes")
     ap.add_argument("--out", required=True, help="the Markdown file to write (the PNG goes beside it)")
     args = ap.parse_args()
-    rows = frontier_rows(Path(args.ablation), args.baseline, args.metric, args.task, args.tokens_per_doc)
+    rows = ablation_rows(Path(args.ablation), args.baseline, args.metric, args.task, args.tokens_per_doc)
     out = Path(args.out)
     out.write_text(markdown(rows, args.baseline, args.metric, args.title))
     plot(rows, out.with_suffix(".png"), args.metric, args.title)
