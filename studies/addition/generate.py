@@ -1,0 +1,110 @@
+"""Long-addition problems: `a+b=` with two fixed-width numbers, the answer their fixed-width sum.
+
+    python -m studies.addition.generate --seed 7 --n 1000 --out test.jsonl [--digits 32] [--exclude F ...]
+
+Each row is {"prompt": "a+b=", "response": s, "a": a, "b": b}: `a` and `b` are `--digits` random decimal digits
+(leading zeros allowed: the width is fixed, so digit k of every operand sits at the same position), `s` their sum
+written with `digits + 1` digits. With 32 digits the prompt is 66 tokens and the answer 33, and the answer's tokens
+depend on each other through the carries: the digit at place k is (a_k + b_k + carry_k) mod 10, and carry_k is
+known from the digits to its right only through a chain that a model must follow. Rows are drawn from a seeded
+numpy generator, so a seed gives the same file on any machine.
+
+Held-out sets are disjoint from the training set up to the task's symmetry: addition commutes, so a problem
+`a+b` and `b+a` have one canonical form (the ordered pair); `--exclude` drops every row whose canonical form occurs
+in the given files (and rows repeat within a file never).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from emdm_core.errors import ConfigError
+
+DIGITS = 32  # the shipped task: prompt 66 tokens, answer 33 tokens
+
+
+def canonical(a: str, b: str) -> tuple[str, str]:
+    """The canonical form of `a+b` under commutation (the smaller operand first)."""
+    return (a, b) if a <= b else (b, a)
+
+
+def problem(a: str, b: str) -> dict:
+    """One row: the prompt `a+b=`, the fixed-width sum as the response, and the operands."""
+    total = str(int(a) + int(b)).zfill(len(a) + 1)
+    return {"prompt": f"{a}+{b}=", "response": total, "a": a, "b": b}
+
+
+def draw(n: int, seed: int, digits: int = DIGITS, exclude: Iterable[tuple[str, str]] = ()) -> Iterator[dict]:
+    """`n` distinct problems of `digits`-digit operands from `seed`, none whose canonical form is in `exclude`."""
+    if n < 0 or digits < 1:
+        raise ConfigError(f"--n must be >= 0 and --digits >= 1 (got n={n}, digits={digits})")
+    seen = set(exclude)
+    distinct = 10 ** digits * (10 ** digits + 1) // 2  # ordered pairs up to commutation
+    if n + len(seen) > distinct:
+        raise ConfigError(f"{digits}-digit operands give only {distinct:,} distinct problems up to a+b = b+a, fewer "
+                          f"than --n {n:,} plus {len(seen):,} excluded; ask for fewer or use more --digits")
+    rng = np.random.default_rng(seed)
+    produced = 0
+    while produced < n:
+        block = rng.integers(0, 10, size=(max(64, n - produced), 2, digits), dtype=np.int8)
+        for pair in block:
+            a, b = ("".join(map(str, row)) for row in pair)
+            key = canonical(a, b)
+            if key in seen:
+                continue
+            seen.add(key)
+            yield problem(a, b)
+            produced += 1
+            if produced == n:
+                return
+
+
+def read_canonical(paths: Iterable[str | Path]) -> set[tuple[str, str]]:
+    """The canonical forms of the problems in JSONL files (rows with `a` and `b`, or a prompt `a+b=`)."""
+    forms = set()
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"--exclude file {path} does not exist; pass files written by this generator")
+        with path.open() as f:
+            for line in f:
+                if line.strip():
+                    row = json.loads(line)
+                    a, b = (row["a"], row["b"]) if "a" in row else row["prompt"].rstrip("=").split("+")
+                    forms.add(canonical(a, b))
+    return forms
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m studies.addition.generate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, required=True, help="number of problems")
+    ap.add_argument("--seed", type=int, required=True, help="seed of the draw (training and test sets use different "
+                    "seeds; the committed test set is seed 1000, the training set seed 1)")
+    ap.add_argument("--digits", type=int, default=DIGITS, help=f"digits per operand (default {DIGITS})")
+    ap.add_argument("--out", required=True, help="JSONL file to write")
+    ap.add_argument("--exclude", nargs="*", default=[], help="JSONL files whose problems (up to a+b = b+a) are left out")
+    args = ap.parse_args(argv)
+    try:
+        exclude = read_canonical(args.exclude)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w") as f:
+            for i, row in enumerate(draw(args.n, args.seed, args.digits, exclude), 1):
+                f.write(json.dumps(row) + "\n")
+                if i % 50000 == 0:
+                    print(f"generate: {i:,} / {args.n:,} problems", file=sys.stderr, flush=True)
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}")
+    print(f"generate: wrote {args.n:,} problems of {args.digits}+{args.digits} digits (seed {args.seed}) to {out}"
+          + (f", excluding {len(exclude):,} problems of {len(args.exclude)} file(s)" if args.exclude else ""),
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
