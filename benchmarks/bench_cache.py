@@ -33,12 +33,15 @@ ORACLES = Path(os.environ.get("EMDM_ORACLES", ROOT.parent / "shared" / "oracles"
 DECODERS = {"none": "generate", "prefix": "generate_with_prefix_cache", "dual": "generate_with_dual_cache"}
 
 
-def build_checkpoint(path: Path, args: argparse.Namespace) -> Path:
-    """A random LLaDA (reference layout and code) of the requested shape, with a tokenizer."""
+def build_checkpoint(path: Path, args: argparse.Namespace, with_reference: bool) -> Path:
+    """A random LLaDA of the requested shape with a tokenizer: the reference layout and code when the reference is
+    there (so both sides load the same weights), else emdm's own LLaDA layout (no reference code needed)."""
     from transformers import AutoConfig, AutoModel
 
     from emdm_models.tiny import DEMO_CORPUS, train_tokenizer
 
+    if not with_reference:
+        return build_native_checkpoint(path, args)
     path.mkdir(parents=True, exist_ok=True)
     config = json.loads((ORACLES / "llada" / "tiny_config.json").read_text())
     config.update(d_model=args.d_model, n_heads=args.heads, n_kv_heads=args.heads, n_layers=args.layers,
@@ -58,6 +61,39 @@ def build_checkpoint(path: Path, args: argparse.Namespace) -> Path:
     for code in (ORACLES / "llada").glob("*.py"):
         shutil.copy(code, path)
     tok.save_pretrained(path)
+    return path
+
+
+def build_native_checkpoint(path: Path, args: argparse.Namespace) -> Path:
+    """The same random LLaDA-layout model built by emdm alone (a fresh clone without ../shared/oracles)."""
+    from safetensors.torch import load_file, save_file
+
+    from emdm_models.tiny import DEMO_CORPUS, build_tiny_checkpoint
+
+    build_tiny_checkpoint(path, family="llada", corpus=DEMO_CORPUS, hidden_size=args.d_model, num_layers=args.layers,
+                          max_length=max(args.prompts) + args.gen_length + 8)
+    config = json.loads((path / "config.json").read_text())
+    config.update(n_heads=args.heads, n_kv_heads=args.heads, mlp_hidden_size=args.mlp)
+    state = load_file(str(path / "model.safetensors"))
+    torch.manual_seed(0)
+    for name, weight in list(state.items()):
+        if "q_proj" in name or "k_proj" in name or "v_proj" in name:
+            state[name] = torch.empty(args.d_model, args.d_model)
+        elif name.endswith(("ff_proj.weight", "up_proj.weight")):
+            state[name] = torch.empty(args.mlp, args.d_model)
+        elif name.endswith("ff_out.weight") and "blocks" in name:
+            state[name] = torch.empty(args.d_model, args.mlp)
+    if args.vocab:  # LLaDA's 126k vocabulary: the output layer's cost at full size (extra rows never predicted)
+        for name in ("model.transformer.wte.weight", "model.transformer.ff_out.weight"):
+            state[name] = torch.empty(args.vocab, args.d_model)
+        config.update(vocab_size=args.vocab, embedding_size=args.vocab)
+    for name, weight in state.items():
+        if weight.dim() > 1:
+            torch.nn.init.normal_(weight, std=args.init_std / weight.shape[-1] ** 0.5)
+    if args.vocab:
+        state["model.transformer.ff_out.weight"][config["mask_token_id"] + 1:] = 0
+    (path / "config.json").write_text(json.dumps(config))
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
     return path
 
 
@@ -94,6 +130,8 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--mlp", type=int, default=1024)
+    ap.add_argument("--vocab", type=int, help="vocabulary rows of the random model built without the reference code "
+                    "(e.g. LLaDA's 126464; default: the tiny tokenizer's)")
     ap.add_argument("--init-std", type=float, default=10.0, help="weights ~ N(0, (std / sqrt(fan_in))^2): 10 makes the "
                     "random model confident enough that threshold 0.9 reveals about 3.5 tokens a pass")
     ap.add_argument("--repeats", type=int, default=3)
@@ -111,8 +149,11 @@ def main() -> None:
     from emdm_sampling import generate, load_denoiser
 
     reference_ok = not args.no_reference and (ORACLES / "llada" / "generate.py").is_file()
+    if not args.no_reference and not reference_ok:
+        print(f"note: Fast-dLLM's code is not at {ORACLES / 'llada'} (set EMDM_ORACLES to ../shared/oracles of a "
+              "checkout that has it): emdm's columns only", file=sys.stderr)
     tmp = Path(tempfile.mkdtemp(prefix="emdm-bench-cache-"))
-    path = Path(args.checkpoint) if args.checkpoint else build_checkpoint(tmp / "llada", args)
+    path = Path(args.checkpoint) if args.checkpoint else build_checkpoint(tmp / "llada", args, reference_ok)
     device = torch.device(args.device)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     den = load_denoiser(path, device=device, dtype=dtype)
@@ -122,13 +163,15 @@ def main() -> None:
         decoders = load_decoders()
     n_params = sum(p.numel() for p in den.model.parameters())
     vocab = len(den.tokenizer)
-    lines = [f"model: random LLaDA (Llama backbone) {n_params / 1e6:.1f}M params, d_model {args.d_model}, "
-             f"{args.layers} layers, vocab {den.vocab_size}; {device} {args.dtype}, {torch.get_num_threads()} "
+    shape = den.model.config  # the model measured (--checkpoint's own shape, not the flags')
+    what = f"{path}" if args.checkpoint else "random LLaDA (Llama backbone)"
+    lines = [f"model: {what} {n_params / 1e6:.1f}M params, hidden {shape.hidden_size}, "
+             f"{shape.num_hidden_layers} layers, vocab {den.vocab_size}; {device} {args.dtype}, {torch.get_num_threads()} "
              f"thread(s); gen {args.gen_length}, block {args.block_length}, steps {args.steps}, batch 1, median of "
              f"{args.repeats}", "",
              "| prompt | cache | threshold | emdm tok/s | emdm passes (full+partial) | Fast-dLLM tok/s | "
-             "Fast-dLLM passes | emdm / Fast-dLLM | speed-up vs emdm none | same tokens |",
-             "|---:|---|---|---:|---:|---:|---:|---:|---:|---|"]
+             "Fast-dLLM passes | emdm / Fast-dLLM | speed-up vs emdm none | cache's own speed-up (same threshold) | "
+             "same tokens |", "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     print("\n".join(lines), flush=True)
     g = torch.Generator().manual_seed(0)
     for plen in args.prompts:
@@ -141,6 +184,7 @@ def main() -> None:
                           stop_at_eos=False)
                 emdm_times, ref_times = [], []
                 out = ref = None
+                generate(den, [prompt], **kw)  # warm-up: allocations and kernels before the timed, alternating runs
                 for _ in range(args.repeats):
                     out, t = timed(lambda: generate(den, [prompt], **kw), device)
                     emdm_times.append(t)
@@ -152,9 +196,8 @@ def main() -> None:
                             mask_id=den.mask_token_id, threshold=threshold), device)
                         ref_times.append(t)
                 emdm_tps = args.gen_length / statistics.median(emdm_times)
-                base.setdefault(None, {})
-                if cache == "none" and threshold is None:
-                    base["none"] = emdm_tps
+                if cache == "none":
+                    base[threshold] = emdm_tps
                 cells = [str(plen), cache, "off" if threshold is None else str(threshold), f"{emdm_tps:.1f}",
                          f"{out.nfe} ({out.nfe_full}+{out.nfe_partial})"]
                 if reference is not None:
@@ -163,7 +206,9 @@ def main() -> None:
                     cells += [f"{ref_tps:.1f}", str(ref[1]), f"{emdm_tps / ref_tps:.2f}x"]
                 else:
                     same, cells = None, cells + ["-", "-", "-"]
-                cells += [f"{emdm_tps / base['none']:.1f}x", "-" if same is None else ("yes" if same else "no")]
+                own = base.get(threshold)
+                cells += [f"{emdm_tps / base[None]:.1f}x" if None in base else "-",
+                          f"{emdm_tps / own:.1f}x" if own else "-", "-" if same is None else ("yes" if same else "no")]
                 line = "| " + " | ".join(cells) + " |"
                 lines.append(line)
                 print(line, flush=True)
