@@ -13,6 +13,8 @@ minimises  sum(weights * CE(logits, labels)) / (number of maskable tokens),  so 
 | `surprise` | U(eps, 1)                  | k = round(t n) drawn without replacement with  | n/k (= 1/t realised)     |
 |            |                            | probabilities softmax(+-S/T) (Gumbel top-k)    |                          |
 | `entropy`  | U(eps, 1)                  | k = round(t n), lowest model entropy first     | n/k                      |
+| `discrete` | (j+1)/T, j ~ U{0..T-1}     | each independently with probability t (Ye et   | (T - j) n/k (bounded;    |
+|            |                            | al. 2025's Sudoku recipe, T = 20)              | `time_weight` option)    |
 
 n is the number of maskable tokens of the sequence. Why these weights: for `uniform`, (1/t) * CE summed over
 masked tokens is the continuous-time ELBO of the linear schedule alpha_t = 1 - t (MDLM, LLaDA). `llada` keeps the
@@ -263,6 +265,36 @@ class LLaDAMasking(UniformMasking):
 
     default_t_range = (0.15, 0.99)
     options = dict(RANGE_OPTIONS)
+
+
+TIME_WEIGHTS = ("linear", "original", "none")
+
+
+@register_masking("discrete")
+class DiscreteMasking(MaskingSchedule):
+    """Ye et al. 2025's schedule (HKUNLP/diffusion-vs-ar `MDMTrainer`, their Sudoku recipe): t ~ U{0..T-1}, each
+    maskable token masked with probability (t+1)/T (so the lowest mask rate is 1/T, not eps), and a bounded time
+    weight: `linear` T - t in [1, T] (their Sudoku setting), `original` 1/(t+1), or `none`; the weighted loss is
+    averaged over the row's masked tokens (weight x n/k), as theirs averages over the batch's masked tokens."""
+
+    options = {"steps": Opt(20, int, at_least(1), "T, the number of discrete noise levels (theirs: 20)"),
+               "time_weight": Opt("linear", str, lambda v: None if v in TIME_WEIGHTS else
+                                  f"must be one of {', '.join(TIME_WEIGHTS)}",
+                                  "linear: T - t (bounded, theirs), original: 1/(t+1), none: 1")}
+
+    def sample_t(self, u_t: torch.Tensor) -> torch.Tensor:
+        steps = self.opt["steps"]
+        level = torch.clamp((u_t * steps).floor(), max=steps - 1)  # t in {0..T-1}
+        return (level + 1) / steps  # the mask rate (t+1)/T
+
+    def select(self, input_ids, maskable, t, noise, attention_mask, logits_fn):
+        steps = self.opt["steps"]
+        mask = (noise.u_tok < t[:, None]) & maskable
+        level = torch.round(t * steps) - 1
+        time_weight = {"linear": steps - level, "original": 1.0 / (level + 1),
+                       "none": torch.ones_like(t)}[self.opt["time_weight"]]
+        masked = mask.sum(1).clamp(min=1).to(t.dtype)
+        return mask, time_weight * maskable.sum(1).to(t.dtype) / masked
 
 
 class OrderedMasking(MaskingSchedule):

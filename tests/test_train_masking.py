@@ -63,7 +63,7 @@ def test_registry_lists_the_four_schedules():
         build_masking("nope", MASK)
 
 
-@pytest.mark.parametrize("name", ["uniform", "llada", "surprise", "entropy"])
+@pytest.mark.parametrize("name", ["uniform", "llada", "surprise", "entropy", "discrete"])
 def test_masked_fraction_tracks_t_and_specials_and_prompt_are_never_masked(name):
     ids, attn, prompt, maskable = _batch()
     out = _run(_schedule(name), ids, attn, maskable)
@@ -87,6 +87,8 @@ def test_masked_fraction_tracks_t_and_specials_and_prompt_are_never_masked(name)
     assert (out.weights[~out.mask] == 0).all()
     k = out.mask.sum(1).float()
     expected = (1.0 / out.t) if name in ("uniform", "llada") else n / k.clamp(min=1)
+    if name == "discrete":  # T - j with j = tT - 1, times n/k
+        expected = (20 - (out.t * 20 - 1)) * n / k.clamp(min=1)
     rows = k > 0
     got = out.weights.max(1).values
     assert torch.allclose(got[rows], expected[rows], rtol=1e-5)
@@ -295,3 +297,30 @@ def test_a_registered_schedule_gets_its_declared_options_from_the_command_line()
                         "every_other_test", "--masking-option", "phase=2"])
     finally:
         MASKINGS.unregister("every_other_test")
+
+
+def test_discrete_schedule_is_ye_et_als_sudoku_objective():
+    """Issue 26 item 14: HKUNLP/diffusion-vs-ar's MDMTrainer with --time_reweighting linear: j ~ U{0..T-1}, each
+    maskable token masked with probability (j+1)/T (never below 1/T), weight T - j, the weighted cross-entropy
+    averaged over the masked tokens (here per row: weight x n/k, so sum / n_maskable is that average)."""
+    torch.manual_seed(0)
+    rows, length, steps = 4000, 40, 20
+    ids = torch.randint(5, 50, (rows, length))
+    maskable = torch.ones(rows, length, dtype=torch.bool)
+    out = build_masking("discrete", mask_token_id=3)(ids, maskable, generator=torch.Generator().manual_seed(1))
+    levels = torch.round(out.t * steps) - 1
+    assert set(levels.long().tolist()) == set(range(steps))  # every discrete level, none other
+    assert out.t.min() == pytest.approx(1 / steps)
+    k = out.mask.sum(1)
+    assert abs(k.float().mean() / length - out.t.mean()) < 0.01  # independent masking at rate (j+1)/T
+    row = int(torch.nonzero(k > 0)[0])
+    expected = (steps - levels[row]) * length / k[row]
+    assert torch.allclose(out.weights[row][out.mask[row]], expected.float())
+    assert (out.weights[~out.mask] == 0).all()
+    original = build_masking("discrete", mask_token_id=3, time_weight="original", steps=5)
+    out = original(ids[:50], maskable[:50], generator=torch.Generator().manual_seed(2))
+    j = torch.round(out.t * 5) - 1
+    r = int(torch.nonzero(out.mask.sum(1) > 0)[0])
+    assert out.weights[r][out.mask[r]][0] == pytest.approx(float(length / (j[r] + 1) / out.mask[r].sum()))
+    with pytest.raises(EMDMError, match="time_weight"):
+        build_masking("discrete", mask_token_id=3, time_weight="cosine")
