@@ -4,6 +4,7 @@
 - `mcnemar_exact(only_a, only_b)`: the exact two-sided McNemar p-value (binomial test on the discordant pairs);
 - `paired_difference_ci(...)`: the difference of the two success rates with a 95% Wald interval for paired data;
 - `holm(p_values)`: Holm's step-down adjustment of a family of p-values (family-wise error control).
+- `unpaired_difference_ci(...)`: two rates on different items (a fresh held-out set against the committed one).
 """
 
 from __future__ import annotations
@@ -85,3 +86,14 @@ def holm(p_values: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * float(p_values[i])))
         adjusted[i] = running
     return adjusted
+
+
+def unpaired_difference_ci(successes_a: int, n_a: int, successes_b: int, n_b: int,
+                           z: float = 1.959963984540054) -> tuple[float, float, float]:
+    """Difference of two success rates on *different* items (e.g. a fresh held-out set against the committed
+    one), rate_a - rate_b, with its Wald 95% interval: the variances of the two rates add."""
+    if n_a <= 0 or n_b <= 0:
+        raise ValueError("both samples need at least one item")
+    a, b = successes_a / n_a, successes_b / n_b
+    se = math.sqrt(a * (1 - a) / n_a + b * (1 - b) / n_b)
+    return a - b, a - b - z * se, a - b + z * se

@@ -66,3 +66,15 @@ def test_more_distinct_problems_than_exist_is_an_error_not_a_hang():
     ("01234", 0.0, 1.0)])
 def test_scoring_rule(generation, exact, digits):
     assert addition_utils.score("0123", generation) == {"exact_match": exact, "digit_acc": digits}
+
+
+def test_sparse_rows_give_a_first_order_signal_and_the_default_draw_is_unchanged():
+    """Training sets zero some rows' digits at a random rate (a sum digit then reveals the other operand's digit);
+    the default (test sets) is the uniform draw, unchanged by the option's existence."""
+    plain = list(G.draw(400, seed=5, digits=16))
+    sparse = list(G.draw(400, seed=5, digits=16, sparse_fraction=0.5))
+    zeros = lambda rows: sum((r["a"] + r["b"]).count("0") for r in rows) / (32 * len(rows))  # noqa: E731
+    assert 0.08 < zeros(plain) < 0.12 and zeros(sparse) > 0.25
+    assert all(int(r["response"]) == int(r["a"]) + int(r["b"]) for r in sparse)
+    with pytest.raises(G.ConfigError, match="sparse-fraction"):
+        list(G.draw(5, seed=0, sparse_fraction=1.5))

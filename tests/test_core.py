@@ -205,3 +205,18 @@ def test_holm_adjustment():
     assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0]) and holm([]) == []
     # the README's margin-vs-top_prob family: the one p = 0.015 of six is 0.09 after adjustment
     assert holm([0.015, 0.2, 0.3, 0.5, 0.6, 0.9])[0] == pytest.approx(0.09)
+
+
+def test_unpaired_difference_and_wilson_intervals():
+    from emdm_core.stats import unpaired_difference_ci
+    from emdm_eval.frontier import wilson
+
+    diff, low, high = unpaired_difference_ci(90, 100, 80, 100)  # 0.9 vs 0.8: se = sqrt(.09/100 + .16/100) = 0.05
+    assert diff == pytest.approx(0.1) and high - diff == pytest.approx(1.959963984540054 * 0.05)
+    assert low == pytest.approx(0.1 - 1.959963984540054 * 0.05)
+    with pytest.raises(ValueError):
+        unpaired_difference_ci(1, 0, 1, 1)
+    low, high = wilson(0, 20)  # Wilson stays informative at 0% (Wald would give [0, 0])
+    assert low == 0 and 0.15 < high < 0.17
+    low, high = wilson(50, 100)
+    assert low == pytest.approx(0.4038, abs=1e-3) and high == pytest.approx(0.5962, abs=1e-3)

@@ -40,8 +40,17 @@ def problem(a: str, b: str) -> dict:
     return {"prompt": f"{a}+{b}=", "response": total, "a": a, "b": b}
 
 
-def draw(n: int, seed: int, digits: int = DIGITS, exclude: Iterable[tuple[str, str]] = ()) -> Iterator[dict]:
-    """`n` distinct problems of `digits`-digit operands from `seed`, none whose canonical form is in `exclude`."""
+def draw(n: int, seed: int, digits: int = DIGITS, exclude: Iterable[tuple[str, str]] = (),
+         sparse_fraction: float = 0.0) -> Iterator[dict]:
+    """`n` distinct problems of `digits`-digit operands from `seed`, none whose canonical form is in `exclude`.
+
+    `sparse_fraction` (training sets only): that share of the rows gets a zero rate z ~ U(0, 1) and each operand
+    digit becomes 0 with probability z. Why: with uniform digits, a sum digit (a_k + b_k + c) mod 10 is
+    independent of a_k alone and of b_k alone, so a model at initialisation gets no first-order signal telling it
+    where to attend (the XOR-like plateau: 1,000 steps of the recipe at chance on every digit); where one operand
+    is mostly zeros, the sum digit is the other operand's digit, a copy a model finds quickly."""
+    if not 0.0 <= sparse_fraction <= 1.0:
+        raise ConfigError(f"--sparse-fraction must be in [0, 1] (got {sparse_fraction})")
     if n < 0 or digits < 1:
         raise ConfigError(f"--n must be >= 0 and --digits >= 1 (got n={n}, digits={digits})")
     seen = set(exclude)
@@ -53,6 +62,10 @@ def draw(n: int, seed: int, digits: int = DIGITS, exclude: Iterable[tuple[str, s
     produced = 0
     while produced < n:
         block = rng.integers(0, 10, size=(max(64, n - produced), 2, digits), dtype=np.int8)
+        if sparse_fraction:
+            sparse = rng.random(len(block)) < sparse_fraction
+            zero_rate = rng.random(len(block))[:, None, None]
+            block[sparse[:, None, None] & (rng.random(block.shape) < zero_rate)] = 0
         for pair in block:
             a, b = ("".join(map(str, row)) for row in pair)
             key = canonical(a, b)
@@ -89,13 +102,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--digits", type=int, default=DIGITS, help=f"digits per operand (default {DIGITS})")
     ap.add_argument("--out", required=True, help="JSONL file to write")
     ap.add_argument("--exclude", nargs="*", default=[], help="JSONL files whose problems (up to a+b = b+a) are left out")
+    ap.add_argument("--sparse-fraction", type=float, default=0.0, help="training sets: the share of rows whose operand "
+                    "digits are zeroed at a random rate (a first-order learning signal; test sets use 0, the default)")
     args = ap.parse_args(argv)
     try:
         exclude = read_canonical(args.exclude)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("w") as f:
-            for i, row in enumerate(draw(args.n, args.seed, args.digits, exclude), 1):
+            for i, row in enumerate(draw(args.n, args.seed, args.digits, exclude, args.sparse_fraction), 1):
                 f.write(json.dumps(row) + "\n")
                 if i % 50000 == 0:
                     print(f"generate: {i:,} / {args.n:,} problems", file=sys.stderr, flush=True)

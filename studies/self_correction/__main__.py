@@ -188,6 +188,26 @@ TASKS = {
 }
 
 
+def run_with_progress(cmd: list[str], name: str, folder: Path, steps: int, every: float = 30.0) -> tuple[int, str]:
+    """Run one training process, its output in FOLDER/train.out, and say every `every` seconds how far it is (the
+    step and loss of its train_log.jsonl): a half-hour training phase is not silent. Returns (exit code, last line)."""
+    log_path, progress = folder / "train.out", folder / "train_log.jsonl"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT, text=True)
+        start = last = time.perf_counter()
+        while proc.poll() is None:
+            time.sleep(2.0)
+            if time.perf_counter() - last < every or not progress.is_file():
+                continue
+            last = time.perf_counter()
+            done = [r for r in map(json.loads, filter(str.strip, progress.read_text().splitlines())) if "loss" in r]
+            if done:
+                print(f"self_correction: training {name}: step {done[-1]['step']}/{steps}, loss "
+                      f"{done[-1]['loss']:.4f}, {last - start:.0f}s", file=sys.stderr, flush=True)
+    lines = log_path.read_text().strip().splitlines()
+    return proc.returncode, (lines[-1] if lines else "?")
+
+
 def train_models(cfg: StudyConfig, task: Task, out: Path, data: Path, init: Path) -> dict[str, dict]:
     """Both models in parallel (one thread each); a folder that already holds weights is kept."""
     steps = cfg.train_steps or task.train_steps
@@ -201,9 +221,10 @@ def train_models(cfg: StudyConfig, task: Task, out: Path, data: Path, init: Path
                "--output", str(folder), "--max-steps", str(steps), "--val-split", "0", "--eval-every", "0",
                "--save-every", "0", "--log-every", "50", "--seed", str(cfg.seed), "--cpu", "--report-to", "none",
                "--no-progress", "--overwrite", *task.train_flags, *MODELS[name]]
-        proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True)
-        if proc.returncode:
-            raise ConfigError(f"training the {name} model failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        folder.mkdir(parents=True, exist_ok=True)
+        returncode, last_line = run_with_progress(cmd, name, folder, steps)
+        if returncode:
+            raise ConfigError(f"training the {name} model failed: {last_line}")
         log = [json.loads(x) for x in (folder / "train_log.jsonl").read_text().splitlines() if x.strip()]
         info = {"steps": steps, "seconds": round(time.perf_counter() - start, 1),
                 "final_loss": [r["loss"] for r in log if "loss" in r][-1], "command": " ".join(cmd[1:])}

@@ -597,10 +597,17 @@ def _main(argv: Sequence[str] | None) -> int:
         records = augmented(records, args.augment, args.seed, skip)
         start, count = time.time(), {d: 0 for d in DIFFICULTIES}
         out = sys.stdout if args.out == "-" else open(args.out, "w")
+        total = args.n * max(args.augment or 1, 1) if not args.source and args.n else None
+        last = start
         try:
             for rec in records:
                 out.write(json.dumps(rec) + "\n")
                 count[rec["difficulty"]] = count.get(rec["difficulty"], 0) + 1
+                if time.time() - last >= 10:  # a line every 10 s: long runs are not silent (terminal or log)
+                    last = time.time()
+                    done = sum(count.values())
+                    print(f"generate: {done:,}" + (f" / {total:,}" if total else "") + f" puzzles, "
+                          f"{last - start:.0f}s", file=sys.stderr, flush=True)
         finally:
             if out is not sys.stdout:
                 out.close()
