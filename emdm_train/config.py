@@ -177,6 +177,35 @@ class TrainConfig:
                                "mass (keeps KL(p || q) finite)", "noise", check=in_range(0, 1, low_open=True,
                                                                                          high_open=True))
 
+    # -- reinforcement learning (--objective grpo | wd1) ----------------------------------------------------------
+    objective: str = _opt("mdm", "what the steps optimise: mdm (the masked-diffusion loss of --masking), grpo (d1's "
+                          "diffu-GRPO: rollouts, verifiable rewards, clipped policy ratio) or wd1 (wd1's weighted "
+                          "likelihood); RL reads prompt_response data: the prompts, and the responses its rewards "
+                          "compare with", "rl", choices=("mdm", "grpo", "wd1"))
+    rl_group_size: int = _opt(4, "G: rollouts per prompt (group-relative advantages need >= 2); --batch-size counts "
+                              "rollouts, so batch_size / G prompts per rollout step", "rl", check=at_least(2))
+    rl_iterations: int = _opt(1, "mu: optimizer steps per batch of rollouts (d1's num_iterations), each with a fresh "
+                              "prompt mask", "rl", check=at_least(1))
+    rl_epsilon: float = _opt(0.2, "clip range of the policy ratio (grpo)", "rl", check=greater_than(0))
+    rl_beta: float = _opt(0.0, "weight of the KL to the starting model (grpo; d1: 0.04; 0 skips the reference)",
+                          "rl", check=at_least(0))
+    rl_p_mask_prompt: float = _opt(0.15, "d1's estimator: each prompt token masked with this probability",
+                                   "rl", check=in_range(0, 1, high_open=True))
+    rl_likelihood: str = _opt("d1", "wd1's sequence log-likelihood: d1 (the summed one-pass token estimate, as "
+                              "wd1's code) or elbo (the sequence ELBO, --rl-elbo-draws masked passes; grpo's token "
+                              "ratio needs d1)", "rl", choices=("d1", "elbo"))
+    rl_elbo_draws: int = _opt(4, "masked passes per rollout of the elbo likelihood", "rl", check=at_least(1))
+    rl_reward: str = _opt("exact_match", "rewards, summed: registered names (exact_match, leading_digits, "
+                          "sudoku_valid, digit_format) or module:function", "rl")
+    rl_sampler: str = _opt("margin", "the strategy that draws the rollouts (any registered sampler)", "rl")
+    rl_temperature: float = _opt(0.9, "sampling temperature of the rollouts (> 0: RL needs distinct rollouts)", "rl",
+                                 check=greater_than(0))
+    rl_steps: int | None = _opt(None, "decoding passes per rollout (default: one per token)", "rl",
+                                check=at_least(1))
+    rl_gen_length: int = _opt(64, "tokens per rollout", "rl", check=at_least(1))
+    rl_block_length: int | None = _opt(None, "semi-autoregressive block length of the rollouts (none: one block)",
+                                       "rl", check=at_least(1))
+
     # -- optimisation -----------------------------------------------------------------------------------------------
     max_steps: int | None = _opt(None, "optimizer steps to train (or give --num-epochs)", "optimisation",
                                  check=at_least(1))
@@ -280,6 +309,21 @@ class TrainConfig:
         from .lora import check_lora_config
 
         check_lora_config(self)
+        if self.objective != "mdm":
+            if self.data_format not in ("prompt_response", "auto"):
+                raise TrainConfigError(f"--objective {self.objective} reads prompts and reference responses: use "
+                                       f"--data-format prompt_response (got {self.data_format})")
+            if self.noise != "mask":
+                raise TrainConfigError(f"--objective {self.objective} is for masked diffusion; drop --noise uniform")
+            if self.objective == "grpo" and self.rl_likelihood != "d1":
+                raise TrainConfigError("--objective grpo's per-token policy ratio needs --rl-likelihood d1; the "
+                                       "sequence ELBO (--rl-likelihood elbo) is for --objective wd1")
+            if self.batch_size % self.rl_group_size:
+                raise TrainConfigError(f"--batch-size {self.batch_size} counts rollouts and must be a multiple of "
+                                       f"--rl-group-size {self.rl_group_size}")
+            from .rl.rewards import resolve_rewards
+
+            resolve_rewards(self.rl_reward)
         if self.pad_with_eos and not self.mask_eos:
             raise TrainConfigError("--pad-with-eos trains the EOS padding, which --no-mask-eos forbids; drop one")
         if self.pad_with_eos and self.data_format == "text":

@@ -53,8 +53,26 @@ def _curves(records: list[dict]) -> tuple[list[tuple[int, float]], list[tuple[in
             [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r])
 
 
+RL_CURVES = ("reward", "kl", "clip_ratio")  # what an RL run (--objective grpo | wd1) logs besides its loss
+
+
+def plot_rl(records: list[dict], out: str | Path, title: str = "") -> Path:
+    """An RL run: mean reward of the rollouts, KL to the reference and the clipped share against the step."""
+    fig, ax = _axes(title)
+    ax.set_ylabel("value")
+    for name in RL_CURVES:
+        points = [(r["step"], r[name]) for r in records if name in r]
+        if points:
+            ax.plot(*zip(*points), label=name.replace("_", " "), lw=1)
+    ax.grid(alpha=0.3)
+    return _save(fig, ax, out)
+
+
 def plot_loss(records: list[dict], out: str | Path, title: str = "") -> Path:
-    """Draw training loss and held-out loss against the step; write a PNG to `out`."""
+    """Draw training loss and held-out loss against the step; write a PNG to `out` (an RL run's reward, KL and
+    clip ratio go beside it, to `<out stem>_rl.png`)."""
+    if any("reward" in r for r in records):
+        plot_rl(records, Path(out).with_name(Path(out).stem + "_rl.png"), title)
     fig, ax = _axes(title)
     train, held = _curves(records)
     if train:

@@ -474,6 +474,7 @@ class Trainer:
                       "eval_loss": state.last_eval, "time": time.time(),
                       "manifest": True}  # this checkpoint has a manifest: without one it is damaged
             (state_dir / "state.json").write_text(json.dumps(record, indent=2))
+            self.save_extra_state(state_dir)
             write_manifest(tmp)  # written last: the checkpoint is complete only with it
             if final.exists():
                 old = self.output / f"checkpoint-{step}.old"
@@ -535,9 +536,16 @@ class Trainer:
                              f"({first_line(exc)[:160]}); resume from another checkpoint (--resume "
                              f"PATH/checkpoint-N)") from None
         self._check_same_recipe(run.resume_dir)
+        self.load_extra_state(state_dir)
         state.tokens_seen = int(saved.get("tokens_seen", 0))
         state.last_eval = saved.get("eval_loss")
         return int(saved["step"])
+
+    def save_extra_state(self, state_dir: Path) -> None:
+        """A subclass's own resume state, written into the checkpoint before its manifest (none here)."""
+
+    def load_extra_state(self, state_dir: Path) -> None:
+        """Read back what `save_extra_state` wrote."""
 
     def _check_same_recipe(self, resume_dir: Path) -> None:
         import yaml
@@ -706,10 +714,12 @@ class Trainer:
             total = float(self.acc.reduce(window.loss.clone(), reduction="sum"))
             elapsed = max(time.perf_counter() - window.started, 1e-9)
             rec = {"step": done, "loss": total / window.steps, "lr": run.scheduler.get_last_lr()[0],
-                   "tokens_per_s": window.tokens / elapsed, "epoch": done * cfg.batch_size / run.n_train}
+                   "tokens_per_s": window.tokens / elapsed, "epoch": done * cfg.batch_size / run.n_train,
+                   **getattr(self, "step_metrics", {})}  # an RL step's reward, KL, clip ratio
             self._write_log(rec)
+            extra = "".join(f" | {k} {v:.3f}" for k, v in getattr(self, "step_metrics", {}).items())
             self.log(f"step {done}/{run.max_steps} | loss {rec['loss']:.4f} | lr {rec['lr']:.2e} | "
-                     f"tok/s {rec['tokens_per_s']:,.0f} | epoch {rec['epoch']:.2f}")
+                     f"tok/s {rec['tokens_per_s']:,.0f} | epoch {rec['epoch']:.2f}{extra}")
             state.bar.set_postfix(loss=f"{rec['loss']:.3f}")
             window.reset()
         if run.data.val is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or final):
@@ -833,5 +843,10 @@ class RunState:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Run one training recipe (see `TrainConfig`); the output directory then loads with `from_pretrained`."""
+    """Run one training recipe (see `TrainConfig`); the output directory then loads with `from_pretrained`.
+    `--objective grpo | wd1` runs the RL step (`emdm_train.rl.trainer.RLTrainer`) in the same run."""
+    if cfg.objective != "mdm":
+        from .rl.trainer import RLTrainer
+
+        return RLTrainer(cfg).run()
     return Trainer(cfg).run()
