@@ -109,3 +109,26 @@ def test_bad_rl_input_is_one_line(setup, tmp_path, kwargs, error, message):
     with pytest.raises(error, match=message) as err:
         train(_cfg(setup, tmp_path / "bad", max_steps=1, **kwargs))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_split_the_prompt_groups(setup, tmp_path):
+    """accelerate launch with 2 processes: each decodes and trains on its own groups; the log holds their mean."""
+    import os
+    import subprocess
+    import sys
+
+    root, model = setup
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m",
+                           "emdm_train", "--model", str(model), "--data", str(root / "data.jsonl"), "--output",
+                           str(tmp_path / "two"), "--objective", "grpo", "--batch-size", "8", "--rl-group-size", "2",
+                           "--rl-gen-length", "3", "--max-steps", "2", "--log-every", "1", "--no-progress",
+                           "--rl-reward", "tests.test_train_rl:length_reward", "--report-to", "none"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stdout
+    log = [json.loads(x) for x in (tmp_path / "two" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "reward" in r] == [1, 2]

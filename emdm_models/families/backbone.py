@@ -91,7 +91,8 @@ class BackboneDenoiser(Denoiser):
                        attention_mask: torch.Tensor) -> torch.Tensor:
         logits = model(input_ids=input_ids, attention_mask=attention_mask,
                        position_ids=positions_from_mask(attention_mask)).logits
-        if getattr(model.config, "logits_shift", False):  # AR-initialised: position i-1 predicts token i
+        config = getattr(model, "module", model).config  # a DDP-wrapped model (emdm_train on several processes)
+        if getattr(config, "logits_shift", False):  # AR-initialised: position i-1 predicts token i
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits
 

@@ -45,6 +45,9 @@ class RLTrainer(Trainer):
         from emdm_sampling.strategies import get_sampler
 
         get_sampler(cfg.rl_sampler)  # an unknown sampler fails here, in one line
+        if (cfg.batch_size // cfg.rl_group_size) % self.world:
+            raise TrainConfigError(f"--batch-size {cfg.batch_size} / --rl-group-size {cfg.rl_group_size} prompts per "
+                                   f"step must split evenly over {self.world} processes")
         self.rewards = resolve_rewards(cfg.rl_reward)
         self.reference = None
         if cfg.objective == "grpo" and cfg.rl_beta > 0:  # the starting model, also when resuming
@@ -83,6 +86,9 @@ class RLTrainer(Trainer):
         cfg = self.cfg
         group, prompts_per_step = cfg.rl_group_size, cfg.batch_size // cfg.rl_group_size
         rows = run.order.take((step // cfg.rl_iterations) * prompts_per_step, prompts_per_step).tolist()
+        share = prompts_per_step // self.world  # each process decodes and trains on its own prompts' groups
+        rows = rows[self.rank * share:(self.rank + 1) * share]
+        first = self.rank * share * group  # the global index of this process's first rollout (its seed)
         prompts, prompt_texts, references = self._references(run, rows)
         prompts = [p for p in prompts for _ in range(group)]  # G consecutive rollouts per prompt
         model = self.acc.unwrap_model(self.model)
@@ -91,7 +97,7 @@ class RLTrainer(Trainer):
         out = generate(self._denoiser(), prompts, sampler=cfg.rl_sampler, temperature=cfg.rl_temperature,
                        gen_length=cfg.rl_gen_length, steps=cfg.rl_steps or cfg.rl_gen_length,
                        block_length=cfg.rl_block_length,
-                       seeds=[mix_seed(cfg.seed, step, 11, i) for i in range(len(prompts))])
+                       seeds=[mix_seed(cfg.seed, step, 11, first + i) for i in range(len(prompts))])
         model.train(was_training and cfg.dropout)
         # left-pad the prompts to one width (d1's layout: prompt block, then the completion block)
         width = max(len(p) for p in prompts)
@@ -157,9 +163,13 @@ class RLTrainer(Trainer):
         run.optimizer.step()
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
-        self.step_metrics = {"reward": float(r["rewards"].mean()),
-                             "reward_std_in_group": float(r["rewards"].view(-1, cfg.rl_group_size).std(1).mean()),
-                             "completion_tokens": float(r["completion_mask"].sum(1).float().mean()), **metrics}
+        local = {"reward": float(r["rewards"].mean()),
+                 "reward_std_in_group": float(r["rewards"].view(-1, cfg.rl_group_size).std(1).mean()),
+                 "completion_tokens": float(r["completion_mask"].sum(1).float().mean()), **metrics}
+        if self.world > 1:  # every process holds its own groups: log their mean
+            values = self.acc.reduce(torch.tensor(list(local.values()), device=self.device), reduction="mean")
+            local = dict(zip(local, values.tolist()))
+        self.step_metrics = local
         return loss.detach().double(), int(r["completion_mask"].sum())
 
     # --- the rollouts travel with the checkpoint -------------------------------------------------------------
