@@ -154,12 +154,12 @@ def test_sequence_elbo_equals_its_definition_enumerated_exactly():
                     total += (length / l) * value / len(subsets) / length
             exact.append(total)
         estimate = elbo_sequence_logps(logits_fn(model), ids, completion_mask, MASK, draws=20000,
-                                       generator=torch.Generator().manual_seed(0))
+                                       seeds=torch.Generator().manual_seed(0))
     # Monte Carlo error of 20,000 draws is ~0.01 here; a wrong weight (1/l, or no L/l) is off by > 1
     torch.testing.assert_close(estimate, torch.tensor(exact), atol=0.04, rtol=0)
     # differentiable: a gradient step on -ELBO raises the ELBO
     est = elbo_sequence_logps(logits_fn(model), ids, completion_mask, MASK, draws=64,
-                              generator=torch.Generator().manual_seed(1))
+                              seeds=torch.Generator().manual_seed(1))
     (-est.sum()).backward()
     assert model.out.weight.grad is not None and model.out.weight.grad.abs().sum() > 0
 

@@ -94,6 +94,19 @@ def test_resume_in_the_middle_of_a_rollout_group_continues_exactly(setup, tmp_pa
     assert [r.get("kl") for r in full if "kl" in r] == [r.get("kl") for r in part if "kl" in r]
 
 
+@pytest.mark.parametrize("objective, likelihood", [("grpo", "d1"), ("wd1", "elbo")])
+def test_micro_batches_change_nothing(setup, tmp_path, objective, likelihood):
+    """--micro-batch-size splits the rollouts into several forward passes (gradient accumulation): the same model."""
+    for name, micro in (("whole", None), ("split", 2)):
+        train(_cfg(setup, tmp_path / name, objective=objective, rl_likelihood=likelihood, max_steps=2,
+                   micro_batch_size=micro))
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "split")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)  # float summation order only
+    losses = [[r["loss"] for r in map(json.loads, (tmp_path / n / "train_log.jsonl").read_text().splitlines())
+               if "reward" in r] for n in ("whole", "split")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-7)
+
+
 @pytest.mark.parametrize("kwargs, error, message", [
     ({"rl_group_size": 1}, TrainConfigError, "rl-group-size"),
     ({"rl_temperature": 0.0}, TrainConfigError, "rl-temperature"),

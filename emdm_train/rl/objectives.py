@@ -29,11 +29,13 @@ LogitsFn = Callable[[torch.Tensor], torch.Tensor]  # ids [B, L] -> logits [B, L,
 
 
 def d1_masked_inputs(input_ids: torch.Tensor, completion_length: int, mask_id: int, p_mask_prompt: float,
-                     generator: torch.Generator | None) -> torch.Tensor:
+                     generator: torch.Generator | None, uniforms: torch.Tensor | None = None) -> torch.Tensor:
     """d1's `forward_process`: every completion token masked, each prompt token with probability p; the uniforms
-    are one `torch.rand((B, L))` draw (d1 seeds the global generator with the inner update's mask seed)."""
+    are one `torch.rand((B, L))` draw (d1 seeds the global generator with the inner update's mask seed), or given
+    (`uniforms`: a slice of that draw, so that a batch split into micro-batches masks as the whole batch would)."""
     rows, length = input_ids.shape
-    u = torch.rand((rows, length), generator=generator, device=input_ids.device)
+    u = uniforms if uniforms is not None else torch.rand((rows, length), generator=generator,
+                                                          device=input_ids.device)
     prompt = torch.arange(length, device=input_ids.device) < length - completion_length
     masked = (prompt & (u < p_mask_prompt)) | ~prompt
     return torch.where(masked, torch.full_like(input_ids, mask_id), input_ids)
@@ -48,22 +50,23 @@ def _token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def d1_token_logps(logits_fn: LogitsFn, input_ids: torch.Tensor, completion_length: int, mask_id: int,
                    p_mask_prompt: float = 0.15, seed: int | None = None,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, uniforms: torch.Tensor | None = None) -> torch.Tensor:
     """[B, C] d1's per-token log-probabilities of the last C tokens of `input_ids` (prompt + completion) from one
-    pass of `logits_fn` on the masked input. The mask draw comes from `generator`, or from a fresh generator on the
-    ids' device seeded with `seed` (the same numbers d1 draws after `set_seed(seed)`)."""
-    if generator is None and seed is not None:
+    pass of `logits_fn` on the masked input. The mask draw is `uniforms`, or comes from `generator`, or from a fresh
+    generator on the ids' device seeded with `seed` (the same numbers d1 draws after `set_seed(seed)`)."""
+    if generator is None and seed is not None and uniforms is None:
         generator = torch.Generator(device=input_ids.device).manual_seed(int(seed))
-    noisy = d1_masked_inputs(input_ids, completion_length, mask_id, p_mask_prompt, generator)
+    noisy = d1_masked_inputs(input_ids, completion_length, mask_id, p_mask_prompt, generator, uniforms)
     logits = logits_fn(noisy)[:, -completion_length:, :]
     return _token_logps(logits, input_ids[:, -completion_length:])
 
 
 def elbo_sequence_logps(logits_fn: LogitsFn, input_ids: torch.Tensor, completion_mask: torch.Tensor, mask_id: int,
-                        draws: int, generator: torch.Generator) -> torch.Tensor:
+                        draws: int, seeds: "list[int] | torch.Generator") -> torch.Tensor:
     """[B] the ELBO of each row's completion (the last C columns; `completion_mask` [B, C] marks its real tokens,
     padding after EOS excluded), from `draws` masked passes per row: mean over draws of (L / l) x the summed
-    log-probabilities of the l masked tokens, l ~ U{1..L} stratified over the draws (`emdm_eval.likelihood`)."""
+    log-probabilities of the l masked tokens, l ~ U{1..L} stratified over the draws (`emdm_eval.likelihood`).
+    `seeds`: one per row (a row's draws do not depend on the others), or one generator for all rows in turn."""
     from emdm_eval.likelihood import draw_masks
 
     rows, completion = completion_mask.shape
@@ -74,6 +77,7 @@ def elbo_sequence_logps(logits_fn: LogitsFn, input_ids: torch.Tensor, completion
         if length == 0:
             estimates.append(torch.zeros((), device=input_ids.device))
             continue
+        generator = seeds if isinstance(seeds, torch.Generator) else torch.Generator().manual_seed(int(seeds[row]))
         masks = draw_masks(length, draws, generator).to(input_ids.device)  # [draws, L]
         where = torch.zeros(draws, input_ids.shape[1], dtype=torch.bool, device=input_ids.device)
         columns = input_ids.shape[1] - completion + torch.nonzero(completion_mask[row]).squeeze(1)
@@ -120,7 +124,12 @@ def clipped_policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages
     return (per_token * mask).sum() / mask.sum(), metrics
 
 
+def wd1_weights(advantages: torch.Tensor) -> torch.Tensor:
+    """The weight of each row's log-likelihood in wd1's loss: softmax(-A) - softmax(A) over the batch (they depend
+    on the advantages only, so a batch split into micro-batches weights each row as the whole batch would)."""
+    return torch.softmax(-advantages, dim=0) - torch.softmax(advantages, dim=0)
+
+
 def wd1_loss(sequence_logps: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
     """wd1's weighted likelihood: -sum softmax(A) log pi(y) + sum softmax(-A) log pi(y) over the batch's rows."""
-    return (-(sequence_logps * torch.softmax(advantages, dim=0)).sum()
-            + (sequence_logps * torch.softmax(-advantages, dim=0)).sum())
+    return (sequence_logps * wd1_weights(advantages)).sum()

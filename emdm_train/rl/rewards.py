@@ -9,6 +9,7 @@ token), the training row's response and its prompt. Built in:
 | `leading_digits` | 1 when the completion's leading run of digits equals the reference's (the addition task's rule) |
 | `sudoku_valid` | 1 when the completion is a valid grid that keeps the prompt's clues (any valid solution counts) |
 | `digit_format` | the share of the reference's length the completion's leading run of digits covers (a format reward) |
+| `gsm8k_answer` | 1 when the last number of the completion equals the reference's answer (after `####`, or its last number) |
 
 `--rl-reward exact_match,digit_format` sums several; `--rl-reward my_pkg.rewards:score` imports a function.
 """
@@ -48,6 +49,25 @@ def leading_digits(completion: str, reference: str, prompt: str) -> float:
 def digit_format(completion: str, reference: str, prompt: str) -> float:
     run, want = len(_DIGITS.match(_strip(completion)).group(0)), len(_strip(reference))
     return min(run, want) / want if want else 1.0
+
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def _last_number(text: str) -> str | None:
+    found = _NUMBER.findall(text.split("####")[-1] if "####" in text else text)
+    return found[-1].replace(",", "").rstrip(".") if found else None
+
+
+@REWARDS.register("gsm8k_answer")
+def gsm8k_answer(completion: str, reference: str, prompt: str) -> float:
+    answer, want = _last_number(completion), _last_number(reference)
+    if answer is None or want is None:
+        return 0.0
+    try:
+        return float(abs(float(answer) - float(want)) < 1e-6)
+    except ValueError:
+        return 0.0
 
 
 @REWARDS.register("sudoku_valid")

@@ -19,6 +19,7 @@ of a group of mu steps continues exactly as the uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ from emdm_core.seeds import mix_seed
 
 from ..errors import TrainConfigError
 from ..trainer import Run, Trainer
-from .objectives import clipped_policy_loss, d1_token_logps, elbo_sequence_logps, group_advantages, wd1_loss
+from .objectives import clipped_policy_loss, d1_token_logps, elbo_sequence_logps, group_advantages, wd1_weights
 from .rewards import resolve_rewards, score
 
 ROLLOUTS_FILE = "rollouts.pt"
@@ -139,25 +140,44 @@ class RLTrainer(Trainer):
         r = self.rollouts
         inner = step % cfg.rl_iterations
         torch.manual_seed(mix_seed(cfg.seed, step, 2, self.rank))  # dropout: a function of the step
-        # === 2. the policy's log-likelihood of the rollouts (this inner step's mask seed) ===
+        # === 2.-3. log-likelihood of the rollouts under the policy, and the loss, micro-batch by micro-batch ===
+        # (this inner step's mask seed; the prompt-mask uniforms are drawn for all rollouts at once and sliced, so
+        # the micro-batch size changes nothing; each part's loss is weighted by its share of the tokens / rows)
         policy = lambda x: self.forward_logits(self.model, x, torch.ones_like(x))  # noqa: E731
+        seed, rows = r["mask_seeds"][inner], r["ids"].shape[0]
+        uniforms = torch.rand(r["ids"].shape, generator=torch.Generator(device=self.device).manual_seed(seed),
+                              device=self.device)
+        tokens = r["completion_mask"].sum().clamp(min=1)
+        step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         metrics: dict[str, float] = {}
-        with self.acc.autocast():
-            if cfg.rl_likelihood == "elbo":  # wd1 on the sequence ELBO
-                seq_logps = elbo_sequence_logps(policy, r["ids"], r["completion_mask"], self.mask_token_id,
-                                                cfg.rl_elbo_draws,
-                                                torch.Generator().manual_seed(r["mask_seeds"][inner]))
-            else:  # d1's estimator: completion masked, prompt masked with probability p
-                logps = self._logps(policy, r["ids"], r["mask_seeds"][inner])
-                seq_logps = (logps * r["completion_mask"]).sum(1)
-        # === 3. the loss ===
-        if cfg.objective == "grpo":
-            old = r["old"][inner] if "old" in r else logps.detach()
-            loss, metrics = clipped_policy_loss(logps, old, r["advantages"], r["completion_mask"], cfg.rl_epsilon,
-                                                cfg.rl_beta, r["ref"][inner] if "ref" in r else None)
-        else:
-            loss = wd1_loss(seq_logps, r["advantages"])
-        self.acc.backward(loss)
+        parts = list(range(0, rows, run.micro))
+        for index, first in enumerate(parts):
+            part = slice(first, first + run.micro)
+            sync = contextlib.nullcontext() if index == len(parts) - 1 else self.acc.no_sync(self.model)
+            with sync:
+                with self.acc.autocast():
+                    if cfg.rl_likelihood == "elbo":  # wd1 on the sequence ELBO, each rollout its own draws
+                        seq_logps = elbo_sequence_logps(policy, r["ids"][part], r["completion_mask"][part],
+                                                        self.mask_token_id, cfg.rl_elbo_draws,
+                                                        [mix_seed(seed, first + i) for i in range(run.micro)])
+                    else:  # d1's estimator: completion masked, prompt masked with probability p
+                        logps = d1_token_logps(policy, r["ids"][part], cfg.rl_gen_length, self.mask_token_id,
+                                               cfg.rl_p_mask_prompt, uniforms=uniforms[part])
+                        seq_logps = (logps * r["completion_mask"][part]).sum(1)
+                if cfg.objective == "grpo":
+                    mask = r["completion_mask"][part]
+                    old = r["old"][inner][part] if "old" in r else logps.detach()
+                    loss, part_metrics = clipped_policy_loss(
+                        logps, old, r["advantages"][part], mask, cfg.rl_epsilon, cfg.rl_beta,
+                        r["ref"][inner][part] if "ref" in r else None)
+                    share = mask.sum() / tokens  # the batch's loss is the mean over all its completion tokens
+                    for key, value in part_metrics.items():
+                        metrics[key] = metrics.get(key, 0.0) + value * float(share)
+                else:  # wd1's weights are softmaxes over the process's whole batch of rollouts
+                    weights = wd1_weights(r["advantages"])[part]
+                    loss, share = (seq_logps * weights).sum(), torch.ones((), device=self.device)
+                self.acc.backward(loss * share)
+            step_loss += (loss * share).detach().double()
         if cfg.max_grad_norm > 0:
             self.acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
         run.optimizer.step()
@@ -170,7 +190,7 @@ class RLTrainer(Trainer):
             values = self.acc.reduce(torch.tensor(list(local.values()), device=self.device), reduction="mean")
             local = dict(zip(local, values.tolist()))
         self.step_metrics = local
-        return loss.detach().double(), int(r["completion_mask"].sum())
+        return step_loss, int(r["completion_mask"].sum())
 
     # --- the rollouts travel with the checkpoint -------------------------------------------------------------
     def save_extra_state(self, state_dir: Any) -> None:
