@@ -20,3 +20,18 @@ def interactive() -> bool:
 def progress_bar(*args: Any, enabled: bool = True, **kwargs: Any) -> tqdm:
     """`tqdm(*args, **kwargs)`, shown only when `enabled` and stderr is a terminal."""
     return tqdm(*args, disable=not (enabled and interactive()), **kwargs)
+
+
+def library_bars_follow_terminal() -> None:
+    """transformers' and datasets' own bars (loading and writing weights, mapping) off when stderr is not a
+    terminal: a log file gets no bar lines from them either."""
+    if interactive():
+        return
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        import datasets
+    except ImportError:  # datasets is optional for loading a model
+        return
+    datasets.disable_progress_bars()

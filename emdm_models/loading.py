@@ -261,6 +261,9 @@ def load_denoiser(pretrained: str | os.PathLike, adapter: str | None = None, dev
         raise CheckpointError(f"{path} has a config but no weights (model.safetensors); pass "
                               f"{spelling(spelling.model_option, '<a checkpoint with weights>')}, or train one from "
                               f"this config with emdm_train")
+    from emdm_core.progress import library_bars_follow_terminal
+
+    library_bars_follow_terminal()
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     cls = adapter_for(config, adapter)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -220,3 +221,16 @@ def test_unpaired_difference_and_wilson_intervals():
     assert low == 0 and 0.15 < high < 0.17
     low, high = wilson(50, 100)
     assert low == pytest.approx(0.4038, abs=1e-3) and high == pytest.approx(0.5962, abs=1e-3)
+
+
+def test_the_sampling_cli_writes_no_library_bar_into_a_log(tmp_path):
+    """Issue 26 item 7: with stderr a file (not a terminal), loading weights draws no transformers bar there."""
+    from emdm_models.tiny import build_tiny_checkpoint
+
+    ckpt = build_tiny_checkpoint(tmp_path / "llada", family="llada")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "emdm_sampling", "--pretrained", str(ckpt), "--prompt", "the cat",
+                           "--gen-length", "4", "--steps", "4"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert "Loading weights" not in proc.stderr and "it/s]" not in proc.stderr, proc.stderr

@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    from emdm_core.progress import library_bars_follow_terminal
+
+    library_bars_follow_terminal()
     out = save_init(args.out, args.hidden_size, args.layers, args.heads, args.max_length, args.seed)
     print(f"wrote a random addition model to {out}")
 
