@@ -78,3 +78,21 @@ def test_sparse_rows_give_a_first_order_signal_and_the_default_draw_is_unchanged
     assert all(int(r["response"]) == int(r["a"]) + int(r["b"]) for r in sparse)
     with pytest.raises(G.ConfigError, match="sparse-fraction"):
         list(G.draw(5, seed=0, sparse_fraction=1.5))
+
+
+def test_carry_chains_make_a_run_of_nines_fed_by_the_place_below():
+    """`--carry-chains LO,HI` (the addition_32_chains test set): every problem has >= LO consecutive places with
+    a_k + b_k = 9, so its sum digits there are all 0 (a carry arrives) or all 9 (none), decided below the run."""
+    rows = list(G.draw(200, seed=7, digits=32, chains=(8, 24)))
+    carried = 0
+    for r in rows:
+        sums = [int(x) + int(y) for x, y in zip(r["a"], r["b"])]
+        run = best = 0
+        for v in sums:
+            run = run + 1 if v == 9 else 0
+            best = max(best, run)
+        assert best >= 8 and int(r["response"]) == int(r["a"]) + int(r["b"])
+        carried += "00000000" in r["response"][1:]
+    assert 60 < carried < 140  # about half the chains receive a carry
+    with pytest.raises(G.ConfigError, match="carry-chains"):
+        list(G.draw(1, seed=0, digits=8, chains=(4, 9)))

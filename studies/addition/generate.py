@@ -40,8 +40,27 @@ def problem(a: str, b: str) -> dict:
     return {"prompt": f"{a}+{b}=", "response": total, "a": a, "b": b}
 
 
+def plant_carry_chains(block: np.ndarray, rng: np.random.Generator, lengths: tuple[int, int]) -> None:
+    """In place, per problem [2, digits]: a run of places where a_k + b_k = 9 (length drawn from `lengths`, inclusive),
+    and at the place just below it a digit pair that makes a carry (sum >= 10) or not (sum <= 8), half each: the
+    run's sum digits are all 0 or all 9 depending on one pair up to 24 places away (the hard case of addition)."""
+    rows, _, digits = block.shape
+    low, high = lengths
+    for row in range(rows):  # per problem, not per token
+        length = int(rng.integers(low, high + 1))
+        start = int(rng.integers(0, digits - length))  # the run occupies [start, start + length); place below it
+        a = rng.integers(0, 10, size=length)
+        block[row, 0, start:start + length], block[row, 1, start:start + length] = a, 9 - a
+        below = start + length
+        if rng.random() < 0.5:
+            x = int(rng.integers(1, 10)); y = int(rng.integers(10 - x, 10))  # noqa: E702  carry
+        else:
+            x = int(rng.integers(0, 9)); y = int(rng.integers(0, 9 - x))  # noqa: E702  no carry (sum <= 8)
+        block[row, 0, below], block[row, 1, below] = x, y
+
+
 def draw(n: int, seed: int, digits: int = DIGITS, exclude: Iterable[tuple[str, str]] = (),
-         sparse_fraction: float = 0.0) -> Iterator[dict]:
+         sparse_fraction: float = 0.0, chains: tuple[int, int] | None = None) -> Iterator[dict]:
     """`n` distinct problems of `digits`-digit operands from `seed`, none whose canonical form is in `exclude`.
 
     `sparse_fraction` (training sets only): that share of the rows gets a zero rate z ~ U(0, 1) and each operand
@@ -49,6 +68,8 @@ def draw(n: int, seed: int, digits: int = DIGITS, exclude: Iterable[tuple[str, s
     independent of a_k alone and of b_k alone, so a model at initialisation gets no first-order signal telling it
     where to attend (the XOR-like plateau: 1,000 steps of the recipe at chance on every digit); where one operand
     is mostly zeros, the sum digit is the other operand's digit, a copy a model finds quickly."""
+    if chains and not (1 <= chains[0] <= chains[1] <= digits - 1):
+        raise ConfigError(f"--carry-chains LO,HI must satisfy 1 <= LO <= HI <= digits - 1 (got {chains})")
     if not 0.0 <= sparse_fraction <= 1.0:
         raise ConfigError(f"--sparse-fraction must be in [0, 1] (got {sparse_fraction})")
     if n < 0 or digits < 1:
@@ -66,6 +87,8 @@ def draw(n: int, seed: int, digits: int = DIGITS, exclude: Iterable[tuple[str, s
             sparse = rng.random(len(block)) < sparse_fraction
             zero_rate = rng.random(len(block))[:, None, None]
             block[sparse[:, None, None] & (rng.random(block.shape) < zero_rate)] = 0
+        if chains:
+            plant_carry_chains(block, rng, chains)
         for pair in block:
             a, b = ("".join(map(str, row)) for row in pair)
             key = canonical(a, b)
@@ -102,15 +125,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--digits", type=int, default=DIGITS, help=f"digits per operand (default {DIGITS})")
     ap.add_argument("--out", required=True, help="JSONL file to write")
     ap.add_argument("--exclude", nargs="*", default=[], help="JSONL files whose problems (up to a+b = b+a) are left out")
+    ap.add_argument("--carry-chains", help="LO,HI: plant in every problem a run of LO..HI places whose digits sum to 9, "
+                    "fed a carry or not by the place below (the test set addition_32_chains: 8,24)")
     ap.add_argument("--sparse-fraction", type=float, default=0.0, help="training sets: the share of rows whose operand "
                     "digits are zeroed at a random rate (a first-order learning signal; test sets use 0, the default)")
     args = ap.parse_args(argv)
     try:
         exclude = read_canonical(args.exclude)
+        chains = tuple(int(v) for v in args.carry_chains.split(",")) if args.carry_chains else None
+        if chains is not None and len(chains) != 2:
+            raise ConfigError(f"--carry-chains takes LO,HI (got {args.carry_chains})")
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("w") as f:
-            for i, row in enumerate(draw(args.n, args.seed, args.digits, exclude, args.sparse_fraction), 1):
+            for i, row in enumerate(draw(args.n, args.seed, args.digits, exclude, args.sparse_fraction, chains), 1):
                 f.write(json.dumps(row) + "\n")
                 if i % 50000 == 0:
                     print(f"generate: {i:,} / {args.n:,} problems", file=sys.stderr, flush=True)

@@ -1,13 +1,13 @@
 """Does RL with a verifiable reward help `emdm:addition` at a low decoding budget? One command, before vs after.
 
-    python -m studies.addition.rl_study --steps 4 --out runs/addition-rl      # writes result.json, result.md
+    python -m studies.addition.rl_study --steps 8 --out runs/addition-rl      # writes result.json, result.md
 
-1. RL prompts: `--n-prompts` fresh problems (seed 3; the committed test set and the validation set excluded up to
-   a+b = b+a), so the test items are never seen by the RL run.
+1. RL prompts: `--n-prompts` fresh problems with carry chains of 8-24 places (seed 3; both committed test sets and
+   the validation set excluded up to a+b = b+a), so the test items are never seen by the RL run.
 2. `emdm_train --objective grpo` from `emdm:addition`: rollouts decoded by `margin` at the evaluation budget
    (`--steps` passes for the 34 tokens) at temperature 0.9, reward `leading_digits` (the task's exact match).
-3. Both models decode the committed 1,000-item test set greedily (margin, the same budget); exact match per item;
-   the paired difference with its 95% interval and the exact McNemar p-value. One comparison, stated before the
+3. Both models decode the committed 1,000-item carry-chain test set (`addition_32_chains`) greedily (margin, the
+   same budget); exact match per item; the paired difference with its 95% interval and the exact McNemar p-value. One comparison, stated before the
    run: no multiplicity adjustment is needed.
 """
 
@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-TEST = ROOT / "tasks" / "addition" / "data" / "test.jsonl"
+DATA = ROOT / "tasks" / "addition" / "data"
+TEST = DATA / "test_chains.jsonl"  # addition_32_chains: where decoding order and the budget matter
 
 
 def solved(model: str, rows: list[dict], steps: int, batch: int = 250) -> list[int]:
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from studies.addition.generate import draw, read_canonical
 
     ap = argparse.ArgumentParser(prog="python -m studies.addition.rl_study", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=4, help="decoding passes for the 34 answer tokens (train and test)")
+    ap.add_argument("--steps", type=int, default=8, help="decoding passes for the 34 answer tokens (train and test)")
     ap.add_argument("--n-prompts", type=int, default=4000)
     ap.add_argument("--rl-steps", type=int, default=150, help="optimizer steps of the RL run")
     ap.add_argument("--learning-rate", type=float, default=1e-4)
@@ -55,10 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # === 1. RL prompts, held out from the test set ===
-    exclude = read_canonical([TEST, *([ROOT / "runs/addition/val.jsonl"] if (ROOT / "runs/addition/val.jsonl")
-                                       .is_file() else [])])
+    exclude = read_canonical([TEST, DATA / "test.jsonl", *([ROOT / "runs/addition/val.jsonl"] if (
+        ROOT / "runs/addition/val.jsonl").is_file() else [])])
     with (out / "prompts.jsonl").open("w") as f:
-        for row in draw(args.n_prompts, seed=3, exclude=exclude):
+        for row in draw(args.n_prompts, seed=3, exclude=exclude, chains=(8, 24)):
             f.write(json.dumps(row) + "\n")
     # === 2. the RL run ===
     cmd = [sys.executable, "-m", "emdm_train", "--model", "emdm:addition", "--data", str(out / "prompts.jsonl"),
