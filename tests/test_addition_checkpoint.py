@@ -39,7 +39,8 @@ def test_embedded_addition_model_is_on_the_fast_path_and_adds():
 def test_lm_eval_cli_writes_accuracy_and_pass_counts_for_the_cached_threshold_setting(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "lm_eval", "--model", "emdm", "--model_args",
-                           "pretrained=emdm:addition,cache=dual,threshold=0.9,batch_size=16", "--tasks",
+                           "pretrained=emdm:addition,cache=dual,threshold=0.9", "--batch_size", "16", "--include_path",
+                           str(ROOT / "tasks" / "addition"), "--tasks",
                            "addition_32", "--limit", "16", "--output_path", str(out)],
                           cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

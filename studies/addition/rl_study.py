@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-prompts", type=int, default=4000)
     ap.add_argument("--rl-steps", type=int, default=150, help="optimizer steps of the RL run")
     ap.add_argument("--learning-rate", type=float, default=1e-4)
+    ap.add_argument("--temperature", type=float, default=0.9, help="sampling temperature of the rollouts")
     ap.add_argument("--out", default="runs/addition-rl")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
            "--data-format", "prompt_response", "--output", str(out / "model"), "--overwrite", "--objective", "grpo",
            "--rl-reward", "leading_digits", "--rl-sampler", "margin", "--rl-steps", str(args.steps),
            "--rl-gen-length", "34", "--rl-group-size", "4", "--batch-size", "32", "--rl-iterations", "2",
-           "--rl-temperature", "0.9", "--learning-rate", str(args.learning_rate), "--lr-scheduler", "constant",
+           "--rl-temperature", str(args.temperature), "--learning-rate", str(args.learning_rate), "--lr-scheduler", "constant",
            "--warmup-steps", "0", "--max-steps", str(args.rl_steps), "--log-every", "10", "--eval-every", "0",
            "--save-every", "50", "--val-split", "0.01", "--no-progress", "--report-to", "none", "--seed", "0"]
     start = time.perf_counter()
