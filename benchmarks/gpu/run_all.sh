@@ -16,8 +16,10 @@
 #   4. benchmarks/bench_diffusion_gemma.py (a random DiffusionGemma, emdm against transformers' generate).
 # Everything is written to $OUT (the device tool returns it) or runs/gpu: env.txt, one .md and .log per check.
 #
-# Rehearse on a CPU with tiny sizes (the same code path, minutes):
-#   SMALL=1 PYTHON=.venv/bin/python NO_INSTALL=1 bash benchmarks/gpu/run_all.sh /tmp/gpu-rehearsal
+# Rehearse on a CPU with tiny sizes (the same code path, minutes), best in a Python 3.12 venv holding only what the
+# machine has (torch, transformers 5.17, accelerate, peft, numpy, pandas, pyarrow, matplotlib ...), so that the
+# carried wheels are what makes it work; EMDM_ORACLES points nowhere, as ../shared does not travel:
+#   SMALL=1 PYTHON=/tmp/devenv/bin/python EMDM_ORACLES=/nonexistent bash benchmarks/gpu/run_all.sh /tmp/gpu-rehearsal
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 DEST=${1:-${OUT:-runs/gpu}}
