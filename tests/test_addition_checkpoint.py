@@ -41,12 +41,15 @@ def test_lm_eval_cli_writes_accuracy_and_pass_counts_for_the_cached_threshold_se
     proc = subprocess.run([sys.executable, "-m", "lm_eval", "--model", "emdm", "--model_args",
                            "pretrained=emdm:addition,cache=dual,threshold=0.9", "--batch_size", "16", "--include_path",
                            str(ROOT / "tasks" / "addition"), "--tasks",
-                           "addition_32", "--limit", "16", "--output_path", str(out)],
+                           "addition_32_chains", "--limit", "16", "--output_path", str(out)],
                           cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (path,) = glob.glob(str(out / "**" / "results_*.json"), recursive=True)
-    got = json.loads(Path(path).read_text())["results"]["addition_32"]
-    assert got["exact_match,none"] >= 0.5 and 0 <= got["digit_acc,none"] <= 1
+    got = json.loads(Path(path).read_text())["results"]["addition_32_chains"]
+    # measured on 500 items: 48.6% at 1.6 passes (docs/benchmarks/accuracy-vs-passes.md); chains need a 2nd pass
+    assert 0.1 <= got["exact_match,none"] <= 0.9 and 0.5 <= got["digit_acc,none"] <= 1
     assert 0 < got["forward_passes_per_item,none"] < 34  # threshold decoding: fewer passes than tokens
     assert got["cached_passes_per_item,none"] > 0  # the dual cache's windowed passes
+    assert got["full_passes_per_item,none"] + got["cached_passes_per_item,none"] == \
+        pytest.approx(got["forward_passes_per_item,none"])
     assert "forward_passes_per_item" in proc.stdout  # and in the printed table
