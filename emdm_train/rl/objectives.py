@@ -25,6 +25,8 @@ from typing import Callable
 
 import torch
 
+from emdm_core.mask_draws import draw_masks
+
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]  # ids [B, L] -> logits [B, L, V]
 
 
@@ -65,10 +67,8 @@ def elbo_sequence_logps(logits_fn: LogitsFn, input_ids: torch.Tensor, completion
                         draws: int, seeds: "list[int] | torch.Generator") -> torch.Tensor:
     """[B] the ELBO of each row's completion (the last C columns; `completion_mask` [B, C] marks its real tokens,
     padding after EOS excluded), from `draws` masked passes per row: mean over draws of (L / l) x the summed
-    log-probabilities of the l masked tokens, l ~ U{1..L} stratified over the draws (`emdm_eval.likelihood`).
+    log-probabilities of the l masked tokens, l ~ U{1..L} stratified over the draws (`emdm_core.mask_draws`).
     `seeds`: one per row (a row's draws do not depend on the others), or one generator for all rows in turn."""
-    from emdm_eval.likelihood import draw_masks
-
     rows, completion = completion_mask.shape
     lengths = completion_mask.sum(1)
     estimates = []
