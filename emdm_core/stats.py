@@ -4,7 +4,8 @@
 - `mcnemar_exact(only_a, only_b)`: the exact two-sided McNemar p-value (binomial test on the discordant pairs);
 - `paired_difference_ci(...)`: the difference of the two success rates with a 95% Wald interval for paired data;
 - `holm(p_values)`: Holm's step-down adjustment of a family of p-values (family-wise error control).
-- `unpaired_difference_ci(...)`: two rates on different items (a fresh held-out set against the committed one).
+- `unpaired_difference_ci(...)`: two rates on different items (a fresh held-out set against the committed one);
+- `format_p(p)`: a p-value as the reports print it.
 """
 
 from __future__ import annotations
@@ -97,3 +98,8 @@ def unpaired_difference_ci(successes_a: int, n_a: int, successes_b: int, n_b: in
     a, b = successes_a / n_a, successes_b / n_b
     se = math.sqrt(a * (1 - a) / n_a + b * (1 - b) / n_b)
     return a - b, a - b - z * se, a - b + z * se
+
+
+def format_p(value: float | None) -> str:
+    """A p-value for a table: '-' for none, 2 significant digits below 0.001, else 3 decimals."""
+    return "-" if value is None else (f"{value:.2g}" if value < 0.001 else f"{value:.3f}")

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from emdm_core.stats import holm, paired_counts
+from emdm_core.stats import format_p, holm, paired_counts
 
 Z95 = 1.959963984540054
 
@@ -63,11 +63,6 @@ def pareto(rows: Sequence[dict]) -> list[dict]:
                                        (o["accuracy"], o["passes"]) != (r["accuracy"], r["passes"]) for o in rows)]
 
 
-def fmt_p(value: float | None) -> str:
-    """A p-value for a table: '-' for none, 2 significant digits below 0.001."""
-    return "-" if value is None else (f"{value:.2g}" if value < 0.001 else f"{value:.3f}")
-
-
 def _number(value: Any, spec: str) -> str:
     return "-" if value is None or value == "" else format(float(value), spec)
 
@@ -89,7 +84,8 @@ def markdown(rows: Sequence[dict], baseline: str, metric: str, title: str, timed
         timing = f" {_number(r.get('time_ratio'), '.2f')}x |" if timed else ""
         lines.append(f"| `{r['point']}` | {r['n']} | {r['accuracy']:.3f} [{r['acc_low']:.3f}, {r['acc_high']:.3f}] | "
                      f"{float(r['passes']):.2f} | {split} | {_number(r.get('tokens_per_forward'), '.2f')} |{timing} "
-                     f"{versus} | {fmt_p(r['p'])} | {fmt_p(r.get('p_holm'))} | {'yes' if r['point'] in front else ''} |")
+                     f"{versus} | {format_p(r['p'])} | {format_p(r.get('p_holm'))} | "
+                     f"{'yes' if r['point'] in front else ''} |")
     return "\n".join(lines) + "\n"
 
 

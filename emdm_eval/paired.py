@@ -15,7 +15,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from emdm_core.stats import holm, paired_counts
+from emdm_core.stats import format_p, holm, paired_counts
 
 OUTCOMES_NAME, PAIRED_NAME = "outcomes.jsonl", "paired.csv"
 POINT_COLUMNS = ("pretrained", "tasks", "limit", "seed", "model_args", "sampler", "steps", "options")
@@ -112,10 +112,6 @@ def _label(row: dict[str, Any], side: str, with_setting: bool) -> str:
     return text
 
 
-def _p(value: float) -> str:
-    return f"{value:.2g}" if value < 0.001 else f"{value:.3f}"
-
-
 def paired_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """The paired comparisons as a Markdown section ('' when there are none)."""
     if not rows:
@@ -130,5 +126,5 @@ def paired_markdown(rows: Sequence[dict[str, Any]]) -> str:
             f"| {r['task']} | {r['metric']} | {r['a_steps'] if same else '-'} | "
             f"{(r['a_options'] or '-') if same else '-'} | {_label(r, 'a', not same)} | {_label(r, 'b', not same)} | {r['n']} | {r['both']} | {r['only_a']} | "
             f"{r['only_b']} | {r['neither']} | {r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | "
-            f"{_p(r['p_value'])} | {_p(r['p_holm'])} |")
+            f"{format_p(r['p_value'])} | {format_p(r['p_holm'])} |")
     return "\n".join(lines) + "\n"

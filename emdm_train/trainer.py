@@ -191,6 +191,7 @@ class Trainer:
         self.device = self.acc.device
         self.history: list[dict[str, Any]] = []
         self.noise_spec: NoiseSpec | None = None  # --noise uniform: the noise vocabulary (set up with the model)
+        self.step_metrics: dict[str, float] = {}  # what a step logs besides its loss (an RL step: reward, KL ...)
         self._quiet_libraries()
 
     # -- setup ----------------------------------------------------------------------------------------------------
@@ -715,9 +716,9 @@ class Trainer:
             elapsed = max(time.perf_counter() - window.started, 1e-9)
             rec = {"step": done, "loss": total / window.steps, "lr": run.scheduler.get_last_lr()[0],
                    "tokens_per_s": window.tokens / elapsed, "epoch": done * cfg.batch_size / run.n_train,
-                   **getattr(self, "step_metrics", {})}  # an RL step's reward, KL, clip ratio
+                   **self.step_metrics}
             self._write_log(rec)
-            extra = "".join(f" | {k} {v:.3f}" for k, v in getattr(self, "step_metrics", {}).items())
+            extra = "".join(f" | {k} {v:.3f}" for k, v in self.step_metrics.items())
             self.log(f"step {done}/{run.max_steps} | loss {rec['loss']:.4f} | lr {rec['lr']:.2e} | "
                      f"tok/s {rec['tokens_per_s']:,.0f} | epoch {rec['epoch']:.2f}{extra}")
             state.bar.set_postfix(loss=f"{rec['loss']:.3f}")

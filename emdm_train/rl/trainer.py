@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from emdm_core.seeds import mix_seed
+from emdm_models.loading import eos_token_id, max_length_of
 
 from ..errors import TrainConfigError
 from ..trainer import Run, Trainer
@@ -57,16 +58,15 @@ class RLTrainer(Trainer):
             self.reference = load_denoiser(cfg.model, device=str(self.device), dtype="float32").model
             self.reference.requires_grad_(False)
         self.rollouts: dict[str, Any] | None = None
-        self.step_metrics: dict[str, float] = {}
         return run
 
     # --- 1. rollouts ------------------------------------------------------------------------------------------
     def _denoiser(self) -> Any:
-        """The model being trained as a `Denoiser` (for the decode session), without copying its weights."""
+        """The model being trained as a `Denoiser` (for the decode session), without copying its weights; its end
+        token and length come from the same helpers `load_denoiser` uses."""
         model = self.acc.unwrap_model(self.model)
-        eos = getattr(self.tokenizer, "eos_token_id", None)
-        return self.family(model, self.tokenizer, self.mask_token_id, eos, self.pad_token_id,
-                           getattr(model.config, "max_position_embeddings", 4096) or 4096)
+        return self.family(model, self.tokenizer, self.mask_token_id, eos_token_id(self.tokenizer, model.config),
+                           self.pad_token_id, max_length_of(model.config, self.tokenizer))
 
     def _references(self, run: Run, rows: list[int]) -> tuple[list[list[int]], list[str], list[str]]:
         """(prompt ids, prompt text, reference response text) of training rows."""
@@ -95,7 +95,8 @@ class RLTrainer(Trainer):
         model = self.acc.unwrap_model(self.model)
         was_training = model.training
         model.eval()
-        out = generate(self._denoiser(), prompts, sampler=cfg.rl_sampler, temperature=cfg.rl_temperature,
+        denoiser = self._denoiser()
+        out = generate(denoiser, prompts, sampler=cfg.rl_sampler, temperature=cfg.rl_temperature,
                        gen_length=cfg.rl_gen_length, steps=cfg.rl_steps or cfg.rl_gen_length,
                        block_length=cfg.rl_block_length,
                        seeds=[mix_seed(cfg.seed, step, 11, first + i) for i in range(len(prompts))])
@@ -107,7 +108,7 @@ class RLTrainer(Trainer):
             prompt_ids[i, width - len(p):] = torch.tensor(p)
         completion = torch.tensor([list(g) + [self.pad_token_id] * (cfg.rl_gen_length - len(g))
                                    for g in out.generated], dtype=torch.long)
-        eos = self.tokenizer.eos_token_id
+        eos = denoiser.eos_token_id  # the token the decode session stops at
         is_eos = completion == eos if eos is not None else torch.zeros_like(completion, dtype=torch.bool)
         after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0  # positions after the first EOS
         completion_mask = ~after_eos & (torch.arange(cfg.rl_gen_length) < torch.tensor(
@@ -121,15 +122,19 @@ class RLTrainer(Trainer):
                     "rewards": rewards, "advantages": group_advantages(rewards, group).to(self.device),
                     "mask_seeds": mask_seeds}
         logits = lambda m: (lambda x: self.forward_logits(m, x, torch.ones_like(x)))  # noqa: E731
-        if cfg.rl_iterations > 1:  # the policy that drew the rollouts, under each inner step's prompt mask
-            rollouts["old"] = torch.stack([self._logps(logits(self.model), ids, seed) for seed in mask_seeds])
-        if self.reference is not None:
-            rollouts["ref"] = torch.stack([self._logps(logits(self.reference), ids, seed) for seed in mask_seeds])
+        sources = {"old": self.model if cfg.rl_iterations > 1 else None, "ref": self.reference}
+        for name, source in sources.items():
+            if source is not None:  # the policy that drew the rollouts / the reference, under each step's mask
+                rollouts[name] = torch.stack([
+                    d1_token_logps(logits(source), ids, cfg.rl_gen_length, self.mask_token_id, cfg.rl_p_mask_prompt,
+                                   uniforms=self._prompt_mask_uniforms(ids, seed)) for seed in mask_seeds])
         return rollouts
 
-    def _logps(self, logits_fn: Any, ids: torch.Tensor, seed: int) -> torch.Tensor:
-        return d1_token_logps(logits_fn, ids, self.cfg.rl_gen_length, self.mask_token_id,
-                              self.cfg.rl_p_mask_prompt, seed=seed)
+    def _prompt_mask_uniforms(self, ids: torch.Tensor, seed: int) -> torch.Tensor:
+        """The uniforms of d1's prompt mask for an inner step's seed (one draw for all rollouts; d1 draws the same
+        after `set_seed(seed)`): the old policy, the reference and the step itself all read this one draw."""
+        return torch.rand(ids.shape, generator=torch.Generator(device=ids.device).manual_seed(int(seed)),
+                          device=ids.device)
 
     # --- the step -------------------------------------------------------------------------------------------
     def train_step(self, run: Run, step: int) -> tuple[torch.Tensor, int]:
@@ -145,8 +150,7 @@ class RLTrainer(Trainer):
         # the micro-batch size changes nothing; each part's loss is weighted by its share of the tokens / rows)
         policy = lambda x: self.forward_logits(self.model, x, torch.ones_like(x))  # noqa: E731
         seed, rows = r["mask_seeds"][inner], r["ids"].shape[0]
-        uniforms = torch.rand(r["ids"].shape, generator=torch.Generator(device=self.device).manual_seed(seed),
-                              device=self.device)
+        uniforms = self._prompt_mask_uniforms(r["ids"], seed)
         tokens = r["completion_mask"].sum().clamp(min=1)
         step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         metrics: dict[str, float] = {}

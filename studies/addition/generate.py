@@ -124,9 +124,10 @@ def main(argv: list[str] | None = None) -> None:
                     "seeds; the committed test set is seed 1000, the training set seed 1)")
     ap.add_argument("--digits", type=int, default=DIGITS, help=f"digits per operand (default {DIGITS})")
     ap.add_argument("--out", required=True, help="JSONL file to write")
-    ap.add_argument("--exclude", nargs="*", default=[], help="JSONL files whose problems (up to a+b = b+a) are left out")
-    ap.add_argument("--carry-chains", help="LO,HI: plant in every problem a run of LO..HI places whose digits sum to 9, "
-                    "fed a carry or not by the place below (the test set addition_32_chains: 8,24)")
+    ap.add_argument("--exclude", nargs="*", default=[],
+                    help="JSONL files whose problems (up to a+b = b+a) are left out")
+    ap.add_argument("--carry-chains", help="LO,HI: plant in every problem a run of LO..HI places whose digits sum to "
+                    "9, fed a carry or not by the place below (the test set addition_32_chains: 8,24)")
     ap.add_argument("--sparse-fraction", type=float, default=0.0, help="training sets: the share of rows whose operand "
                     "digits are zeroed at a random rate (a first-order learning signal; test sets use 0, the default)")
     args = ap.parse_args(argv)

@@ -7,8 +7,9 @@
 2. `emdm_train --objective grpo` from `emdm:addition`: rollouts decoded by `margin` at the evaluation budget
    (`--steps` passes for the 34 tokens) at temperature 0.9, reward `leading_digits` (the task's exact match).
 3. Both models decode the committed 1,000-item carry-chain test set (`addition_32_chains`) greedily (margin, the
-   same budget); exact match per item; the paired difference with its 95% interval and the exact McNemar p-value. One comparison, stated before the
-   run: no multiplicity adjustment is needed.
+   same budget); exact match per item; the paired difference with its 95% interval and the exact McNemar p-value.
+   Each run is one comparison; several runs (e.g. two rollout temperatures) form a family: adjust across them
+   (docs/experiments/rl-addition.md applies Holm).
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
            "--data-format", "prompt_response", "--output", str(out / "model"), "--overwrite", "--objective", "grpo",
            "--rl-reward", "leading_digits", "--rl-sampler", "margin", "--rl-steps", str(args.steps),
            "--rl-gen-length", "34", "--rl-group-size", "4", "--batch-size", "32", "--rl-iterations", "2",
-           "--rl-temperature", str(args.temperature), "--learning-rate", str(args.learning_rate), "--lr-scheduler", "constant",
+           "--rl-temperature", str(args.temperature), "--learning-rate", str(args.learning_rate),
+           "--lr-scheduler", "constant",
            "--warmup-steps", "0", "--max-steps", str(args.rl_steps), "--log-every", "10", "--eval-every", "0",
            "--save-every", "50", "--val-split", "0.01", "--no-progress", "--report-to", "none", "--seed", "0"]
     start = time.perf_counter()
